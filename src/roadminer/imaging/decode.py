@@ -1,0 +1,89 @@
+"""base64 -> image bytes -> RGB array, with limits checked before any large allocation."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageDecodeError(ValueError):
+    """The payload is not an acceptable image; the message is safe to return to the caller."""
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    max_encoded_bytes: int = 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    max_side: int = 8192
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
+
+    @classmethod
+    def from_config(cls, cfg) -> ImagePolicy:  # cfg: roadminer.config.ImageLimits
+        return cls(cfg.max_encoded_bytes, cfg.max_pixels, cfg.max_side, tuple(f.upper() for f in cfg.formats))
+
+
+def b64decode_image(data: str, policy: ImagePolicy) -> bytes:
+    if not isinstance(data, str):
+        raise ImageDecodeError("image must be a base64 string")
+    # 4 base64 chars carry 3 bytes; refuse before decoding anything oversized.
+    if len(data) > (policy.max_encoded_bytes * 4) // 3 + 8:
+        raise ImageDecodeError(f"image exceeds {policy.max_encoded_bytes} encoded bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageDecodeError(f"image is not valid base64: {e}") from None
+    if not raw:
+        raise ImageDecodeError("image is empty")
+    return raw
+
+
+def decode_rgb(raw: bytes, policy: ImagePolicy) -> np.ndarray:
+    """Decode image bytes into an HxWx3 uint8 RGB array (EXIF orientation applied)."""
+    if len(raw) > policy.max_encoded_bytes:
+        raise ImageDecodeError(f"image exceeds {policy.max_encoded_bytes} encoded bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            fmt = (img.format or "").upper()
+            if fmt not in policy.formats:
+                raise ImageDecodeError(f"image format {fmt or 'unknown'} not accepted ({', '.join(policy.formats)})")
+            w, h = img.size
+            if w < 1 or h < 1:
+                raise ImageDecodeError("image has zero size")
+            if w > policy.max_side or h > policy.max_side or w * h > policy.max_pixels:
+                raise ImageDecodeError(f"image {w}x{h} exceeds limits ({policy.max_side} px side, {policy.max_pixels} px)")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode != "RGB":
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    bg = Image.new("RGB", img.size, (255, 255, 255))
+                    bg.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
+                    img = bg
+                else:
+                    img = img.convert("RGB")
+            return np.asarray(img, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"image cannot be decoded: {type(e).__name__}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        raise ImageDecodeError(f"image cannot be decoded: {e}") from None
+
+
+def encode_jpeg(rgb: np.ndarray | Image.Image, quality: int = 75) -> bytes:
+    """Encode as the validator does (PIL JPEG, default quality 75)."""
+    img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.asarray(rgb, dtype=np.uint8))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def to_b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")

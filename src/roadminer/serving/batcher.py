@@ -1,0 +1,118 @@
+"""Async micro-batcher: requests wait at most ``max_wait_ms`` to share one model call of up to
+``max_batch`` images. Model work runs on a dedicated thread so the event loop keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from loguru import logger
+
+from roadminer.cascade.router import CascadeResult
+from roadminer.cascade.tiers import ImageBatch
+
+
+class Predictor(Protocol):
+    def predict(self, batch: ImageBatch) -> CascadeResult: ...
+
+
+@dataclass
+class Answer:
+    prob: float
+    tier: str
+    batch_size: int
+    queue_ms: float
+    model_ms: float
+
+
+@dataclass
+class _Item:
+    rgb: np.ndarray
+    payload: bytes
+    key: str
+    future: asyncio.Future[Answer]
+    enqueued: float
+
+
+class MicroBatcher:
+    def __init__(self, predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 2.0, workers: int = 1) -> None:
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roadminer-infer")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers = workers
+        self.batches = 0
+        self.items = 0
+
+    def swap_predictor(self, predictor: Predictor) -> None:
+        """Hot reload: batches already running finish on the old predictor; new ones use this one."""
+        self.predictor = predictor
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._queue = asyncio.Queue()
+        self._tasks = [asyncio.create_task(self._run(), name=f"batcher-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue else 0
+
+    async def submit(self, rgb: np.ndarray, payload: bytes = b"", key: str = "") -> Answer:
+        if self._queue is None:
+            raise RuntimeError("batcher not started")
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(rgb, payload, key, fut, time.perf_counter()))
+        return await fut
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            items = [first]
+            deadline = time.perf_counter() + self.max_wait
+            while len(items) < self.max_batch:
+                timeout = deadline - time.perf_counter()
+                if timeout <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            items = [it for it in items if not it.future.done()]  # drop requests cancelled while queued
+            if not items:
+                continue
+            batch = ImageBatch(rgb=[it.rgb for it in items], payloads=[it.payload for it in items],
+                               keys=[it.key for it in items])
+            t0 = time.perf_counter()
+            predictor = self.predictor
+            try:
+                result = await loop.run_in_executor(self._executor, predictor.predict, batch)
+            except Exception as e:  # the router already shields tier failures; this is a last resort
+                logger.opt(exception=e).error("batch of {} failed", len(items))
+                result = CascadeResult(prob=np.full(len(items), 0.5 - 1e-3), exit_tier=["fallback"] * len(items))
+            model_ms = (time.perf_counter() - t0) * 1000
+            self.batches += 1
+            self.items += len(items)
+            for i, it in enumerate(items):
+                if not it.future.done():
+                    it.future.set_result(Answer(float(result.prob[i]), result.exit_tier[i], len(items),
+                                                (t0 - it.enqueued) * 1000, model_ms))
