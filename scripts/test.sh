@@ -8,6 +8,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "[test] installing redis-server" >&2
   (apt-get install -y -q redis-server >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null))
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing chromium (dashboard browser test)" >&2
+  (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)) || echo "[test] chromium not installed: its test will skip" >&2
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False
 export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$HOME/.cache/roadminer/yolo}"
 mkdir -p "$YOLO_CONFIG_DIR"

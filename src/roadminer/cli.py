@@ -29,6 +29,8 @@ COMMAND_MODULES = (
     "roadminer.dashboard.commands",  # dashboard
     "roadminer.ops.commands",  # plan
     "roadminer.demo",  # demo (miner + simulator in one command)
+    "roadminer.cascade.commands",  # cascade-fit
+    "roadminer.learning.loop_commands",  # promote, distill, learn, models
 )
 
 

@@ -60,6 +60,12 @@ class GuardConfig(BaseModel):
     # When the number of in-flight requests passes this share of max_inflight, low-stake callers get 503.
     priority_threshold: float = 0.75
     nonce_allowed_delta_s: float = 4.0
+    # Always served (still signature-checked) / always refused, whatever the chain says.
+    whitelist_hotkeys: list[str] = Field(default_factory=list)
+    blacklist_hotkeys: list[str] = Field(default_factory=list)
+    # btauth/1 freshness window (bittensor.http_auth defaults).
+    btauth_max_age_s: float = 10.0
+    btauth_allowed_skew_s: float = 2.0
 
 
 class ImageLimits(BaseModel):
@@ -82,6 +88,61 @@ class StateConfig(BaseModel):
     key_prefix: str = "roadminer:"
     result_cache_ttl_s: int = 3600
     session_history: int = 500
+    redis_socket_timeout_s: float = 1.0
+    reconnect_max_backoff_s: float = 30.0
+    history_retention_days: float = 30.0
+    # Hard-example queue: stream length cap, per-image size cap, how long images are kept.
+    queue_max_entries: int = 10_000
+    queue_max_image_bytes: int = 512 * 1024
+    queue_image_ttl_days: float = 14.0
+    # When an answer is queued (see roadminer.state.queue.HardExamplePolicy).
+    queue_low_margin: float = 0.15
+    queue_disagreement: float = 0.4
+    queue_vlm_tiers: list[str] = Field(default_factory=lambda: ["vlm"])
+    queue_low_reward: float = 0.3
+
+
+class LearningConfig(BaseModel):
+    """Model registry and the mine -> train -> promote loop."""
+
+    models_dir: str = "models"
+    tier: str | None = None  # cascade tier (by name) the loop retrains; None = the first tier
+    held_out: str | None = None  # image folder (roadwork/, no_roadwork/) for the promotion gate
+    train_data: list[str] = Field(default_factory=list)  # base training sets the loop fine-tunes on
+    work_dir: str = "runs/learn"
+    teacher_tier: str | None = None  # tier name used for pseudo-labels/distillation; None = full cascade
+    pseudo_margin: float = 0.3
+    mcc_tolerance: float = 0.0  # candidate MCC may not drop by more than this
+    brier_tolerance: float = 0.0  # nor Brier rise by more than this
+    min_queue: int = 20  # labelled hard examples needed before the loop trains
+    eval_levels: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    reload_poll_s: float = 5.0  # the miner checks the registry's current version this often
+
+
+class TrainConfig(BaseModel):
+    """``roadminer train``: fine-tune an image classifier on validator-parity views."""
+
+    arch: str = "efficientnet-lite0"  # efficientnet-lite0/1/2, timm:<id>, hf:<id>
+    pretrained: bool = True
+    init_checkpoint: str | None = None  # a saved roadminer classifier to fine-tune from
+    epochs: int = 10
+    samples_per_epoch: int | None = None  # default: the dataset size (weighted sampling with replacement)
+    batch_size: int = 64
+    lr: float = 6e-4
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.05
+    label_smoothing: float = 0.05
+    dropout: float | None = 0.3
+    levels: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    real_flip_share: float = 0.25  # share of level>=1 views with the validator's real flips (else no-flip bug)
+    source_power: float = 0.5  # per-source sampling share ~ count**power within each label
+    calib_frac: float = 0.15  # grouped hold-out for temperature/threshold; 0 = no hold-out
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    amp: bool = True
+    lora_rank: int = 0  # > 0: LoRA (peft) on timm/hf backbones instead of full fine-tuning
+    use_dora: bool = False
 
 
 class TierConfig(BaseModel):
@@ -102,6 +163,14 @@ class CascadeConfig(BaseModel):
     threshold: float = 0.5
     temperature: float = 1.0
     bias: float = 0.0
+    # VLM tiers (kinds vlm_vllm / vlm_hf) run only when this is on (``--cascade.vlm true`` or
+    # ROADMINER_CASCADE__VLM=1); off by default so the cascade runs offline.
+    vlm: bool = False
+    # Stacking weights + fitted exit thresholds (``roadminer cascade-fit``); missing file = plain weights.
+    consensus_file: str | None = None
+    fitted_exits: bool = True  # False: use the fitted weights but the thresholds configured per tier
+    no_exit_on_disagreement: bool = False  # tiers on different sides of 0.5 -> go on to the next tier
+    low_light_below: float | None = None  # mean luma (0-255) under which an image never exits early
 
 
 class SimulatorConfig(BaseModel):
@@ -111,6 +180,52 @@ class SimulatorConfig(BaseModel):
     protocol: Literal["sn72", "btauth"] = "sn72"
     reference_flip_bug: bool = False
     timeout_s: float = 9.0
+    # Key the simulator signs with: a dev URI registered as a validator on the local chain.
+    hotkey_uri: str = "//Alice"
+
+
+class ValidatorConfig(BaseModel):
+    """The validator neuron (``roadminer validator``); the simulator runs the same code path."""
+
+    # A dev URI (``//Alice``) instead of the wallet hotkey, for local chains only.
+    hotkey_uri: str | None = None
+    images: str | None = None  # DIR with roadwork/ + no_roadwork/
+    parquet: str | None = None  # reference dataset layout (image bytes, label)
+    sample_size: int = 10  # miners per challenge
+    challenge_interval_s: float = 60.0
+    timeout_s: float = 9.0
+    protocol: Literal["sn72", "btauth"] = "sn72"
+    reference_flip_bug: bool = False
+    alpha: float = 0.05
+    # Validators with at least this stake are not queried (and get score 0).
+    vpermit_stake_limit: float = 1000.0
+    weights_interval_blocks: int = 101
+    weights_interval_s: float = 1200.0  # used when the chain has no block height (local chain)
+    min_allowed_weights: int = 1  # chain hyperparameters override these where the chain has them
+    max_weight_limit: float = 1.0
+    state_backend: Literal["disk", "redis"] = "disk"
+    state_path: str = "~/.roadminer/validator/state.json"
+    state_key: str = "validator:state"
+    seed: int | None = None
+
+
+class PlanConfig(BaseModel):
+    """GPU memory planner (``roadminer plan``; checked by the miner at start-up)."""
+
+    gpus: int | None = None  # None: the cards torch sees (1 when none)
+    gpu_mem_gb: float | None = None  # GiB per card; None: detected, else 80
+    cuda_context_gb: float = 0.5  # per GPU in use (CUDA context, allocator slack)
+    reserve_gb: float = 0.0  # kept free on every card
+    enforce: bool = True  # refuse to start on an over-committed GPU
+
+
+class DashboardConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8095
+    # Where the dashboard reads live Prometheus numbers when it runs apart from the miner.
+    miner_url: str | None = None
+    window_s: float = 24 * 3600.0
+    refresh_s: float = 30.0
 
 
 class LoggingConfig(BaseModel):
@@ -132,8 +247,13 @@ class Settings(BaseSettings):
     batcher: BatcherConfig = Field(default_factory=BatcherConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    validator: ValidatorConfig = Field(default_factory=ValidatorConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     device: str = "cpu"
 
     @classmethod

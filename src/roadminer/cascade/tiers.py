@@ -66,22 +66,33 @@ def register_tier(kind: str) -> Callable[[TierFactory], TierFactory]:
     return deco
 
 
+# Modules that register a tier kind, imported only when that kind is built (torch/transformers stay
+# out of processes that never use them).
+_KIND_MODULES: dict[str, str] = {
+    "colour": "roadminer.models.colour",
+    "classifier": "roadminer.models.classifier",
+    "fast_gpu": "roadminer.models.fast_gpu",
+    "onnx_cpu": "roadminer.models.onnx_cpu",
+    "vlm_vllm": "roadminer.models.vlm_vllm",
+    "vlm_hf": "roadminer.models.vlm_hf",
+}
+
+
 def build_tier(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Tier:
-    _load_builtin_tiers()
+    _load_builtin_tiers(kind)
     if kind not in _REGISTRY:
-        raise KeyError(f"unknown tier kind {kind!r}; known: {sorted(_REGISTRY)}")
+        raise KeyError(f"unknown tier kind {kind!r}; known: {sorted(set(_REGISTRY) | set(_KIND_MODULES))}")
     tier = _REGISTRY[kind](name=name, **(options or {}), **context)
     return tier
 
 
-def _load_builtin_tiers() -> None:
-    # Imported lazily so that torch-free processes (protocol tests, simulator client) stay light.
-    from roadminer.models import colour  # noqa: F401
+def _load_builtin_tiers(kind: str | None = None) -> None:
+    import importlib
 
-    try:
-        from roadminer.models import classifier  # noqa: F401
-    except ImportError:
-        pass
+    from roadminer.models import colour  # noqa: F401  (the always-available fallback tier)
+
+    if kind is not None and kind not in _REGISTRY and kind in _KIND_MODULES:
+        importlib.import_module(_KIND_MODULES[kind])
 
 
 def clip_prob(p: np.ndarray | float) -> np.ndarray:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from loguru import logger
 
 from roadminer.cascade.router import CascadeResult
 from roadminer.cascade.tiers import ImageBatch
+from roadminer.metrics import BATCH_SIZE, BATCHER_DEPTH, MODEL_LATENCY
 
 
 class Predictor(Protocol):
@@ -39,7 +41,9 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 2.0, workers: int = 1) -> None:
+    def __init__(
+        self, predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 2.0, workers: int = 1
+    ) -> None:
         self.predictor = predictor
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -64,10 +68,8 @@ class MicroBatcher:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await t
-            except asyncio.CancelledError:
-                pass
         self._tasks = []
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -108,10 +110,14 @@ class MicroBatcher:
                 result = await loop.run_in_executor(self._executor, predictor.predict, batch)
             except Exception as e:  # the router already shields tier failures; this is a last resort
                 logger.opt(exception=e).error("batch of {} failed", len(items))
-                result = CascadeResult(prob=np.full(len(items), 0.5 - 1e-3), exit_tier=["fallback"] * len(items))
+                n = len(items)
+                result = CascadeResult(prob=np.full(n, 0.5 - 1e-3), exit_tier=["fallback"] * n)
             model_ms = (time.perf_counter() - t0) * 1000
             self.batches += 1
             self.items += len(items)
+            BATCH_SIZE.observe(len(items))
+            MODEL_LATENCY.observe(model_ms / 1000)
+            BATCHER_DEPTH.set(self._queue.qsize())
             for i, it in enumerate(items):
                 if not it.future.done():
                     it.future.set_result(Answer(float(result.prob[i]), result.exit_tier[i], len(items),

@@ -1,0 +1,1 @@
+"""Benchmarks: the fast path against the reference-style baseline."""

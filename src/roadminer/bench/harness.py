@@ -1,0 +1,622 @@
+"""Benchmark harness: the fast tier, the whole miner over loopback HTTP, and the reference-style
+baseline, measured in one run on one device.
+
+Inputs look like challenges: base64 of 224x224 RGB JPEGs at PIL quality 75, drawn street scenes
+(half with work-zone cues). Throughput is measured pipelined (the host work of the next batch overlaps
+the device work of the current one), from base64 strings to probabilities on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from roadminer.imaging.decode import encode_jpeg, to_b64
+
+FULL_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+QUICK_SIZES_GPU = (1, 8, 64, 256)
+QUICK_SIZES_CPU = (1, 8, 32)
+
+
+@dataclass
+class BenchConfig:
+    device: str = "cpu"
+    quick: bool = False
+    batch_sizes: tuple[int, ...] | None = None
+    seconds: float = 2.0  # per measured point (at least 3 batches)
+    n_images: int = 256  # distinct challenge images, cycled
+    baseline_images: int = 100
+    http_requests: int = 400  # per concurrency level
+    http_concurrency: tuple[int, ...] = (1, 64)
+    cpu_variants: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+    seed: int = 0
+    skip: tuple[str, ...] = ()  # any of: fast, http, baseline, decode
+
+    def resolved(self) -> BenchConfig:
+        cfg = BenchConfig(**asdict(self))
+        if cfg.batch_sizes is None:
+            if cfg.quick:
+                cfg.batch_sizes = QUICK_SIZES_GPU if cfg.device == "cuda" else QUICK_SIZES_CPU
+            else:
+                cfg.batch_sizes = FULL_SIZES if cfg.device == "cuda" else (1, 2, 4, 8, 16, 32, 64)
+        if cfg.quick:
+            cfg.seconds = min(cfg.seconds, 1.0)
+            cfg.n_images = min(cfg.n_images, 64)
+            cfg.baseline_images = min(cfg.baseline_images, 20 if cfg.device == "cuda" else 6)
+            cfg.http_requests = min(cfg.http_requests, 128)
+        elif cfg.device == "cpu":
+            cfg.baseline_images = min(cfg.baseline_images, 24)
+            cfg.http_requests = min(cfg.http_requests, 192)
+        return cfg
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def synthetic_jpegs(n: int, size: int = 224, seed: int = 0, quality: int = 75) -> list[bytes]:
+    """``n`` challenge-like JPEGs: drawn street scenes (every other one with road work) when the scene
+    painter is available, else gradients with noise and coloured blocks."""
+    try:
+        from roadminer.imaging.scenes import draw_scene, scene_rng
+
+        return [encode_jpeg(draw_scene(scene_rng(seed, i), i % 2 == 0, size), quality) for i in range(n)]
+    except ImportError:
+        pass
+    rng = np.random.default_rng(seed)
+    out = []
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    for _ in range(n):
+        img = np.outer(ramp, np.ones(size, np.float32))[..., None] * rng.uniform(40, 255, 3).astype(np.float32)
+        img += rng.normal(0, 12, (size, size, 3)).astype(np.float32)
+        for _ in range(int(rng.integers(3, 9))):
+            y, x = rng.integers(0, size - 24, 2)
+            h, w = rng.integers(8, 48, 2)
+            img[y : y + h, x : x + w] = rng.uniform(0, 255, 3)
+        out.append(encode_jpeg(np.clip(img, 0, 255).astype(np.uint8), quality))
+    return out
+
+
+def challenge_b64(n: int, seed: int = 0) -> list[str]:
+    return [to_b64(r) for r in synthetic_jpegs(n, seed=seed)]
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if len(xs) else float("nan")
+
+
+def environment(device: str) -> dict[str, Any]:
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "cpu_count": os.cpu_count(), "cpu": _cpu_model()}
+    try:
+        import torch
+        import torchvision
+
+        env["torch"] = torch.__version__
+        env["torchvision"] = torchvision.__version__
+        env["torch_threads"] = torch.get_num_threads()
+        if device == "cuda" and torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+            env["cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    for mod in ("onnxruntime", "transformers", "aiohttp", "pybase64"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            env[mod] = None
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# ---------------------------------------------------------------------------------------- measurements
+def measure_engine(engine: Any, b64: Sequence[str], batch_sizes: Sequence[int], seconds: float,
+                   progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Pipelined throughput (base64 -> probabilities) and synchronous batch latency per batch size."""
+    rows = []
+    n_src = len(b64)
+    for bs in batch_sizes:
+        if bs > getattr(engine, "max_batch", bs):
+            continue
+        batches = [[b64[(k * bs + j) % n_src] for j in range(bs)] for k in range(max(1, n_src // bs) + 1)]
+        engine.predict_b64(batches[0])  # this size's first call (graph, allocator) stays out of timing
+        lat = []
+        for k in range(min(20, max(3, int(40 / bs)))):
+            t = time.perf_counter()
+            engine.predict_b64(batches[k % len(batches)])
+            lat.append(time.perf_counter() - t)
+        images = 0
+        n_batches = 0
+        t0 = time.perf_counter()
+
+        def gen():
+            nonlocal n_batches
+            while n_batches < 3 or time.perf_counter() - t0 < seconds:
+                yield batches[n_batches % len(batches)]
+                n_batches += 1
+
+        for out in engine.stream_b64(gen()):
+            images += len(out)
+        dt = time.perf_counter() - t0
+        row = {"batch": bs, "img_per_s": images / dt, "images": images, "seconds": dt,
+               "batch_ms_p50": _pct(lat, 50) * 1000, "batch_ms_p99": _pct(lat, 99) * 1000}
+        rows.append(row)
+        if progress:
+            progress(f"batch {bs}: {row['img_per_s']:.0f} img/s, {row['batch_ms_p50']:.2f} ms/batch")
+    return rows
+
+
+def measure_decode(engine: Any, raws: Sequence[bytes], batch: int, seconds: float) -> dict[str, Any]:
+    """Decode-only rate (bytes -> uint8 batch on the device) for each decoder split of a GPU engine."""
+    import torch
+
+    out: dict[str, Any] = {}
+    saved = engine.decode_mode
+    batches = [[raws[(k * batch + j) % len(raws)] for j in range(batch)] for k in range(4)]
+    for mode in ("gpu", "cpu", "auto"):
+        engine.decode_mode = mode
+        stage = engine._stage[0]
+        with torch.cuda.stream(engine.stream):
+            engine._to_device(batches[0], stage)
+            torch.cuda.synchronize()
+            n = 0
+            t0 = time.perf_counter()
+            while n < 3 * batch or time.perf_counter() - t0 < seconds:
+                engine._to_device(batches[(n // batch) % 4], stage)
+                torch.cuda.current_stream().synchronize()
+                n += batch
+            out[mode] = n / (time.perf_counter() - t0)
+    engine.decode_mode = saved
+    return {"batch": batch, "img_per_s": out, "gpu_share_auto": round(engine.rates.gpu_share(), 3)}
+
+
+def measure_baseline(device: str, b64: Sequence[str], n: int) -> dict[str, Any]:
+    """The reference miner's way: base64 -> PIL -> transformers image-classification pipeline with a
+    ViT-B/16 (random weights, built from config), one image at a time."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(num_labels=2, id2label={0: "None", 1: "Roadwork"}, label2id={"None": 0, "Roadwork": 1})
+    model = ViTForImageClassification(cfg).eval()
+    proc = ViTImageProcessor(size={"height": 224, "width": 224})
+    pipe = pipeline("image-classification", model=model, image_processor=proc,
+                    device=0 if device == "cuda" else -1)
+
+    def one(s: str) -> float:
+        img = Image.open(io.BytesIO(base64.b64decode(s)))
+        res = pipe(img)
+        return next((r["score"] for r in res if r["label"] == "Roadwork"), 0.0)
+
+    for s in b64[:2]:
+        one(s)
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        one(b64[i % len(b64)])
+        lat.append(time.perf_counter() - t)
+    dt = time.perf_counter() - t0
+    return {"model": "ViT-B/16 (random weights) via transformers pipeline('image-classification')",
+            "device": device, "images": n, "img_per_s": n / dt, "ms_p50": _pct(lat, 50) * 1000,
+            "ms_p99": _pct(lat, 99) * 1000}
+
+
+# --------------------------------------------------------------------------------------------- loopback
+class _ServerThread:
+    """Runs an aiohttp miner in its own thread and event loop, so the client does not share its loop."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start = start
+        self.loop = asyncio.new_event_loop()
+        self.url = ""
+        self.info: dict[str, Any] = {}
+        self._stop_cb: Callable[[], Any] | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="bench-miner", daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.url, self.info, self._stop_cb = self.loop.run_until_complete(self._start())
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> _ServerThread:
+        self.thread.start()
+        self._ready.wait(300)
+        if self._error:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._stop_cb is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._stop_cb(), self.loop)
+            try:
+                fut.result(30)
+            except Exception as e:
+                logger.warning("miner stop failed: {}", e)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _local_server(tier_options: dict[str, Any], tier_kind: str, max_batch: int, port: int) -> Callable[[], Any]:
+    """Minimal loopback server (aiohttp + MicroBatcher + the fast tier) for builds without the miner app."""
+
+    async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
+        from aiohttp import web
+
+        from roadminer.cascade.router import EarlyExitRouter
+        from roadminer.cascade.tiers import build_tier
+        from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, b64decode_image
+        from roadminer.serving.batcher import MicroBatcher
+
+        tier = build_tier(tier_kind, "fast", dict(tier_options))
+        tier.warmup()
+        router = EarlyExitRouter([tier], [1.0], [None])
+        batcher = MicroBatcher(router, max_batch=max_batch, max_wait_ms=0.5)
+        await batcher.start()
+        policy = ImagePolicy()
+        empty = np.zeros((0, 0, 3), np.uint8)
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.json()
+            try:
+                raw = b64decode_image(body.get("image"), policy)
+            except ImageDecodeError as e:
+                return web.json_response({"error": str(e)}, status=400)
+            ans = await batcher.submit(empty, raw, "")
+            body["image"] = ""
+            body["prediction"] = ans.prob
+            return web.json_response(body)
+
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post("/ImageSynapse", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+
+        async def stop() -> None:
+            await batcher.stop()
+            await runner.cleanup()
+            tier.close()
+
+        return f"http://127.0.0.1:{port}", {"server": "bench loopback server (aiohttp + MicroBatcher + tier)",
+                                            "signed": False}, stop
+
+    return start
+
+
+def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], port: int
+                   ) -> Callable[[], Any] | None:
+    """The project's miner app (``roadminer.serving.app.start_miner``) configured with the fast tier."""
+    try:
+        from roadminer.serving.app import start_miner  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+
+    async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
+        import inspect
+
+        from roadminer.config import load_settings
+
+        overrides = {
+            "server.host": "127.0.0.1", "server.port": port, "guards.allow_unregistered": True,
+            "guards.require_validator_permit": False, "guards.min_stake": 0.0,
+            "guards.rate_limit_per_minute": 10**9, "guards.rate_limit_burst": 10**9, "guards.max_inflight": 4096,
+            "state.backend": "memory", "device": device, "batcher.max_wait_ms": 0.5,
+            "cascade.tiers": [{"name": "fast", "kind": tier_kind, "options": tier_options}],
+        }
+        settings = load_settings(None, overrides)
+        from roadminer.protocol.keys import HotkeySigner
+
+        handle = start_miner(settings, signers=[(port, HotkeySigner.generate())])  # no wallet files touched
+        if inspect.isawaitable(handle):
+            handle = await handle
+
+        async def stop_cb() -> None:
+            r = handle.stop()
+            if inspect.isawaitable(r):
+                await r
+
+        info = {"server": "roadminer.serving.app.start_miner", "signed": True, "axon_hotkey": handle.hotkeys[0]}
+        return f"http://127.0.0.1:{port}", info, stop_cb
+
+    return start
+
+
+def _signed_request_factory(url: str, axon_hotkey: str | None) -> Callable[[str], tuple[str, dict, dict]] | None:
+    try:
+        from roadminer.protocol import sn72
+    except ImportError:
+        return None
+    if not axon_hotkey:
+        return None
+    from roadminer.protocol.keys import HotkeySigner
+
+    signer = HotkeySigner.generate()
+    host, port = url.rsplit("//", 1)[1].split(":")
+    import uuid as uuid_mod
+
+    ident = str(uuid_mod.uuid1())
+
+    def build(image_b64: str) -> tuple[str, dict, dict]:
+        return sn72.build_request(signer, axon_hotkey, host, int(port), image_b64, uuid=ident)
+
+    return build
+
+
+async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
+                     build: Callable[[str], tuple[str, dict, dict]] | None) -> dict[str, Any]:
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    lock = asyncio.Lock()  # signed requests need strictly increasing nonces per client endpoint
+    counter = iter(range(n))
+    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                img = b64[i % len(b64)]
+                if build is not None:
+                    async with lock:
+                        target, headers, body = build(img)
+                else:
+                    target, headers, body = url + "/ImageSynapse", {}, {"image": img, "prediction": -1.0}
+                t = time.perf_counter()
+                try:
+                    async with session.post(target, json=body, headers=headers) as r:
+                        data = await r.json(content_type=None)
+                        ok = r.status == 200 and 0.0 <= float(data.get("prediction", -1)) <= 1.0
+                except Exception:
+                    ok = False
+                lat.append(time.perf_counter() - t)
+                errors += not ok
+
+        # a few warm-up requests (connections, first batches)
+        warm = [b64[i % len(b64)] for i in range(min(8, n))]
+        for img in warm:
+            target, headers, body = build(img) if build else (url + "/ImageSynapse", {}, {"image": img})
+            async with session.post(target, json=body, headers=headers) as r:
+                await r.read()
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        dt = time.perf_counter() - t0
+    return {"concurrency": concurrency, "requests": n, "errors": errors, "req_per_s": n / dt,
+            "ms_p50": _pct(lat, 50) * 1000, "ms_p99": _pct(lat, 99) * 1000, "ms_mean": float(np.mean(lat)) * 1000}
+
+
+def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64: Sequence[str],
+                 concurrency: Sequence[int], n: int, max_batch: int = 64) -> dict[str, Any]:
+    port = _free_port()
+    start = _project_miner(device, tier_kind, tier_options, port)
+    used_project = start is not None
+    result: dict[str, Any] = {}
+    try:
+        with _ServerThread(start or _local_server(tier_options, tier_kind, max_batch, port)) as srv:
+            result.update(srv.info)
+            build = _signed_request_factory(srv.url, srv.info.get("axon_hotkey")) if srv.info.get("signed") else None
+            result["signed"] = build is not None
+            result["levels"] = [asyncio.run(_http_load(srv.url, b64, c, max(n, 4 * c), build)) for c in concurrency]
+    except Exception as e:
+        if not used_project:
+            raise
+        logger.warning("project miner app could not be benchmarked ({}); using the bench loopback server", e)
+        result = {"project_app_error": f"{type(e).__name__}: {e}"}
+        with _ServerThread(_local_server(tier_options, tier_kind, max_batch, _free_port())) as srv:
+            result.update(srv.info)
+            result["levels"] = [asyncio.run(_http_load(srv.url, b64, c, max(n, 4 * c), None)) for c in concurrency]
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -------------------------------------------------------------------------------------------- the run
+@dataclass
+class BenchResult:
+    config: dict[str, Any]
+    env: dict[str, Any]
+    fast: dict[str, Any] = field(default_factory=dict)  # variant -> {"describe", "rows"}
+    decode: dict[str, Any] | None = None
+    http: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build_engines(cfg: BenchConfig) -> dict[str, Any]:
+    """Fast-path engines to measure on this device (name -> engine)."""
+    import copy
+
+    import torch
+
+    from roadminer.models.fast_gpu import FastImageEngine, resolve_backbone
+
+    torch.manual_seed(cfg.seed)  # an untrained head of the default backbone is random: same for every engine
+    base = resolve_backbone()
+
+    def backbone() -> Any:
+        return copy.deepcopy(base)
+
+    engines: dict[str, Any] = {}
+    max_b = max(cfg.batch_sizes or (64,))
+    if cfg.device == "cuda":
+        eng = FastImageEngine(backbone(), device="cuda", precision="fp16", max_batch=max(256, max_b))
+        eng.warmup()
+        engines["gpu-fp16-graph"] = eng
+        return engines
+    if "torch" in cfg.cpu_variants:
+        engines["torch-cpu"] = FastImageEngine(backbone(), device="cpu", max_batch=max_b)
+    from roadminer.models.onnx_cpu import OnnxCpuEngine
+
+    if "onnx" in cfg.cpu_variants:
+        e = OnnxCpuEngine(backbone(), int8=False, max_batch=max_b)
+        e.warmup()
+        engines["onnx-fp32"] = e
+    if "onnx-int8" in cfg.cpu_variants:
+        e = OnnxCpuEngine(backbone(), int8=True, max_batch=max_b)
+        e.warmup()
+        engines["onnx-int8"] = e
+    return engines
+
+
+def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> BenchResult:
+    cfg = cfg.resolved()
+    say = say or (lambda m: logger.info(m))
+    res = BenchResult(config=asdict(cfg), env=environment(cfg.device))
+    say(f"drawing {cfg.n_images} challenge images (JPEG q75, 224x224)")
+    raws = synthetic_jpegs(cfg.n_images, seed=cfg.seed)
+    b64 = [to_b64(r) for r in raws]
+    best_name, best_rate = None, 0.0
+    engines: dict[str, Any] = {}
+    if "fast" not in cfg.skip:
+        engines = _build_engines(cfg)
+        agree_ref = None
+        for name, eng in engines.items():
+            say(f"fast tier [{name}]")
+            rows = measure_engine(eng, b64, cfg.batch_sizes or (1,), cfg.seconds, say)
+            probs = eng.predict_b64(b64[:32])
+            agree = None
+            if agree_ref is None:
+                agree_ref = probs
+            else:
+                agree = float(np.max(np.abs(probs - agree_ref)))
+            res.fast[name] = {"describe": eng.describe(), "rows": rows, "max_abs_diff_vs_first": agree}
+            top = max(rows, key=lambda r: r["img_per_s"]) if rows else None
+            if top and top["img_per_s"] > best_rate:
+                best_name, best_rate = name, top["img_per_s"]
+        if cfg.device == "cuda" and "gpu-fp16-graph" in engines and max(cfg.batch_sizes or (1,)) >= 64:
+            eng = engines["gpu-fp16-graph"]  # the same engine with its CPU decoders idle: what they add
+            big = max(cfg.batch_sizes or (256,))
+            say(f"fast tier [gpu-fp16-graph, nvjpeg decode only] batch {big}")
+            eng.decode_mode = "gpu"
+            rows = measure_engine(eng, b64, (big,), cfg.seconds, say)
+            eng.decode_mode = "auto"
+            res.fast["gpu-fp16-graph-nvjpeg-only"] = {"describe": {**eng.describe(), "decode": "gpu"},
+                                                      "rows": rows, "max_abs_diff_vs_first": None}
+        if cfg.device == "cuda" and "decode" not in cfg.skip and "gpu-fp16-graph" in engines:
+            say("decode-only rates (batch 256)")
+            res.decode = measure_decode(engines["gpu-fp16-graph"], raws, min(256, max(cfg.batch_sizes or (256,))),
+                                        cfg.seconds)
+    for eng in engines.values():
+        eng.close()
+    engines.clear()
+    if "http" not in cfg.skip:
+        say("loopback HTTP through the miner")
+        if cfg.device == "cuda":
+            kind, opts = "fast_gpu", {"device": "cuda", "max_batch": 64}
+        else:
+            kind, opts = "onnx_cpu", {"int8": best_name == "onnx-int8", "max_batch": 64}
+        res.http = measure_http(cfg.device, kind, opts, b64, cfg.http_concurrency, cfg.http_requests)
+        for lv in res.http["levels"]:
+            say(f"concurrency {lv['concurrency']}: p50 {lv['ms_p50']:.2f} ms, p99 {lv['ms_p99']:.2f} ms, "
+                f"{lv['req_per_s']:.0f} req/s, {lv['errors']} errors")
+    if "baseline" not in cfg.skip:
+        say(f"reference-style baseline ({cfg.baseline_images} images, one at a time)")
+        res.baseline = measure_baseline(cfg.device, b64, cfg.baseline_images)
+        say(f"baseline: {res.baseline['img_per_s']:.1f} img/s")
+    summary: dict[str, Any] = {"device": cfg.device, "fast_best_variant": best_name, "fast_best_img_per_s": best_rate}
+    if res.baseline and best_rate:
+        summary["baseline_img_per_s"] = res.baseline["img_per_s"]
+        summary["speedup_vs_baseline"] = best_rate / res.baseline["img_per_s"]
+    if res.http:
+        for lv in res.http["levels"]:
+            summary[f"http_c{lv['concurrency']}_p50_ms"] = lv["ms_p50"]
+            summary[f"http_c{lv['concurrency']}_p99_ms"] = lv["ms_p99"]
+    summary["targets"] = _targets(cfg.device, summary)
+    res.summary = summary
+    return res
+
+
+def _targets(device: str, s: dict[str, Any]) -> dict[str, Any]:
+    t: dict[str, Any] = {}
+    ratio = s.get("speedup_vs_baseline")
+    if device == "cuda":
+        t["fast >= 20000 img/s"] = s.get("fast_best_img_per_s", 0) >= 20000
+        t["speedup >= 100x"] = None if ratio is None else ratio >= 100
+        p50 = s.get("http_c1_p50_ms")
+        t["loopback p50 <= 5 ms"] = None if p50 is None else p50 <= 5.0
+    else:
+        t["speedup >= 10x"] = None if ratio is None else ratio >= 10
+    return t
+
+
+def render(res: BenchResult) -> Any:
+    """Rich renderables for the console."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+
+    parts: list[Any] = []
+    for name, v in res.fast.items():
+        t = Table(title=escape(f"fast tier [{name}] base64 -> prob ({res.config['device']})"))
+        for c in ("batch", "img/s", "batch p50 ms", "batch p99 ms"):
+            t.add_column(c, justify="right")
+        for r in v["rows"]:
+            t.add_row(str(r["batch"]), f"{r['img_per_s']:,.0f}", f"{r['batch_ms_p50']:.2f}", f"{r['batch_ms_p99']:.2f}")
+        parts.append(t)
+    if res.decode:
+        t = Table(title=f"decode only, batch {res.decode['batch']} (img/s)")
+        for k in res.decode["img_per_s"]:
+            t.add_column(k, justify="right")
+        t.add_row(*[f"{v:,.0f}" for v in res.decode["img_per_s"].values()])
+        parts.append(t)
+    if res.http:
+        t = Table(title=escape(f"loopback HTTP: {res.http.get('server')} (signed: {res.http.get('signed')})"))
+        for c in ("concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors"):
+            t.add_column(c, justify="right")
+        for lv in res.http["levels"]:
+            t.add_row(str(lv["concurrency"]), str(lv["requests"]), f"{lv['req_per_s']:,.0f}", f"{lv['ms_p50']:.2f}",
+                      f"{lv['ms_p99']:.2f}", str(lv["errors"]))
+        parts.append(t)
+    t = Table(title="summary")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in res.summary.items():
+        if k == "targets":
+            for tk, tv in v.items():
+                t.add_row(f"target: {tk}", {True: "met", False: "MISSED", None: "n/a"}[tv])
+        elif isinstance(v, float):
+            t.add_row(k, f"{v:,.2f}")
+        else:
+            t.add_row(k, str(v))
+    if res.baseline:
+        t.add_row("baseline p50 ms", f"{res.baseline['ms_p50']:.1f}")
+    parts.append(t)
+    return Group(*parts)

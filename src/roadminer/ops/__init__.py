@@ -1,0 +1,1 @@
+"""Operations helpers: the GPU memory planner (``roadminer plan``)."""

@@ -1,0 +1,392 @@
+"""Hard-example queue: a stream with a consumer group (durable, acknowledged, de-duplicated by image
+hash). Images are stored content-addressed (``img:<sha256>``) with a size cap; the stream is capped in
+length. Consumers (``export``, the learning loop) read through the group and acknowledge only after the
+examples are safely on disk, so a crash re-delivers instead of losing entries.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from roadminer.metrics import QUEUE_DEPTH
+from roadminer.state.store import StateStore
+
+STREAM = "hardq:stream"
+GROUP = "trainers"
+MANIFEST = "manifest.csv"
+MANIFEST_FIELDS = (
+    "file",
+    "label",
+    "source",
+    "group",
+    "image_hash",
+    "reasons",
+    "prob",
+    "tier",
+    "validator",
+    "ts",
+    "label_origin",
+    "soft_label",
+    "entry_id",
+)
+
+
+class Reason(StrEnum):
+    LOW_MARGIN = "low_margin"
+    TIER_DISAGREEMENT = "tier_disagreement"
+    VLM_ESCALATION = "vlm_escalation"
+    KNOWN_ERROR = "known_error"
+    LOW_REWARD_TREND = "low_reward_trend"
+
+
+@dataclass
+class HardExample:
+    image_hash: str
+    reasons: list[str]
+    prob: float
+    tier: str
+    tier_probs: dict[str, float] = field(default_factory=dict)
+    label: int | None = None
+    validator: str = ""
+    ts: float = field(default_factory=time.time)
+    size: int = 0
+    entry_id: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        data = asdict(self)
+        data.pop("entry_id")
+        return {"json": json.dumps(data, separators=(",", ":"))}
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> HardExample:
+        data = json.loads(fields["json"])
+        data["entry_id"] = entry_id
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class HardExamplePolicy:
+    """When an answer is worth a second look. Thresholds are on P(roadwork)."""
+
+    low_margin: float = 0.15  # |p - 0.5| below this
+    disagreement: float = 0.4  # two tiers on opposite sides and this far apart
+    vlm_tiers: tuple[str, ...] = ("vlm",)  # exit tiers whose name contains one of these
+    low_reward: float = 0.3  # mean of the validator's recent rewards below this
+    low_reward_margin: float = 0.3  # ...then also queue answers this close to 0.5
+
+    def reasons(
+        self,
+        prob: float,
+        tier: str,
+        tier_probs: Mapping[str, float] | None = None,
+        label: int | None = None,
+        recent_reward: float | None = None,
+    ) -> list[str]:
+        out: list[str] = []
+        margin = abs(prob - 0.5)
+        if margin < self.low_margin:
+            out.append(Reason.LOW_MARGIN)
+        ps = [float(v) for v in (tier_probs or {}).values() if v is not None and math.isfinite(float(v))]
+        if len(ps) >= 2 and max(ps) > 0.5 >= min(ps) and max(ps) - min(ps) >= self.disagreement:
+            out.append(Reason.TIER_DISAGREEMENT)
+        if any(v in tier for v in self.vlm_tiers):
+            out.append(Reason.VLM_ESCALATION)
+        if label is not None and int(prob > 0.5) != int(label):
+            out.append(Reason.KNOWN_ERROR)
+        if recent_reward is not None and recent_reward < self.low_reward and margin < self.low_reward_margin:
+            out.append(Reason.LOW_REWARD_TREND)
+        return [str(r) for r in out]
+
+
+@dataclass
+class ExportReport:
+    out_dir: str
+    written: dict[str, int]
+    acked: int
+    skipped_missing_image: int
+    pseudo_labelled: int
+    manifest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Teacher = Callable[[list[bytes]], Sequence[float]]  # encoded images -> P(roadwork)
+
+
+def _ext(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data[:2] == b"BM":
+        return ".bmp"
+    return ".img"
+
+
+class HardExampleQueue:
+    def __init__(
+        self,
+        store: StateStore,
+        max_entries: int = 10_000,
+        max_image_bytes: int = 512 * 1024,
+        image_ttl_s: float = 14 * 24 * 3600.0,
+        stream: str = STREAM,
+        group: str = GROUP,
+    ) -> None:
+        self.store = store
+        self.max_entries = max_entries
+        self.max_image_bytes = max_image_bytes
+        self.image_ttl_s = image_ttl_s
+        self.stream = stream
+        self.group = group
+        self._ready = False
+
+    async def _ensure_group(self) -> None:
+        if not self._ready:
+            await self.store.stream_group_create(self.stream, self.group)
+            self._ready = True
+
+    # -- producer side ------------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        image: bytes,
+        reasons: Sequence[str],
+        prob: float,
+        tier: str,
+        tier_probs: Mapping[str, float] | None = None,
+        label: int | None = None,
+        validator: str = "",
+        image_hash: str | None = None,
+    ) -> str | None:
+        """Queue one example; returns its entry id, or None when it was a duplicate or too large."""
+        if not reasons:
+            return None
+        if len(image) > self.max_image_bytes:
+            logger.debug(
+                "hard example of {} bytes over the {} cap; not queued", len(image), self.max_image_bytes
+            )
+            return None
+        await self._ensure_group()
+        digest = image_hash or hashlib.sha256(image).hexdigest()
+        if label is not None:
+            await self.set_label(digest, label)
+        if not await self.store.set_nx(f"hardq:seen:{digest}", b"1", self.image_ttl_s):
+            return None
+        await self.store.set_bytes(f"img:{digest}", image, self.image_ttl_s)
+        ex = HardExample(
+            image_hash=digest,
+            reasons=list(reasons),
+            prob=float(prob),
+            tier=tier,
+            tier_probs={
+                k: float(v)
+                for k, v in (tier_probs or {}).items()
+                if v is not None and math.isfinite(float(v))
+            },
+            label=label,
+            validator=validator,
+            size=len(image),
+        )
+        entry_id = await self.store.stream_add(self.stream, ex.to_fields(), self.max_entries)
+        for r in reasons:
+            await self.store.incr(f"hardq:reason:{r}")
+        QUEUE_DEPTH.set(await self.store.stream_len(self.stream))
+        return entry_id
+
+    async def set_label(self, image_hash: str, label: int) -> None:
+        """Attach a label learnt later (e.g. a validator published its scored challenges)."""
+        if int(label) not in (0, 1):
+            raise ValueError(f"label must be 0 or 1, got {label!r}")
+        await self.store.set_bytes(f"hardq:label:{image_hash}", str(int(label)).encode(), self.image_ttl_s)
+
+    async def label_of(self, ex: HardExample) -> int | None:
+        raw = await self.store.get_bytes(f"hardq:label:{ex.image_hash}")
+        return int(raw) if raw is not None else ex.label
+
+    async def image(self, image_hash: str) -> bytes | None:
+        return await self.store.get_bytes(f"img:{image_hash}")
+
+    # -- consumer side ------------------------------------------------------------------------------
+    async def claim(
+        self, consumer: str, count: int = 100, reclaim_idle_ms: int = 60_000
+    ) -> list[HardExample]:
+        """This consumer's unacknowledged entries first, then entries another consumer abandoned for
+        ``reclaim_idle_ms``, then new ones."""
+        await self._ensure_group()
+        got = await self.store.stream_read_group(self.stream, self.group, consumer, count, pending=True)
+        if len(got) < count:
+            seen = {i for i, _ in got}
+            got += [
+                e
+                for e in await self.store.stream_claim(
+                    self.stream, self.group, consumer, reclaim_idle_ms, count - len(got)
+                )
+                if e[0] not in seen
+            ]
+        if len(got) < count:
+            got += await self.store.stream_read_group(self.stream, self.group, consumer, count - len(got))
+        return [HardExample.from_entry(i, f) for i, f in got]
+
+    async def ack(self, *entry_ids: str) -> int:
+        n = await self.store.stream_ack(self.stream, self.group, *entry_ids)
+        QUEUE_DEPTH.set(
+            await self.store.stream_lag(self.stream, self.group)
+            + await self.store.stream_pending(self.stream, self.group)
+        )
+        return n
+
+    async def entries(self, count: int | None = None) -> list[HardExample]:
+        """Everything in the stream (read-only, no delivery bookkeeping)."""
+        return [
+            HardExample.from_entry(i, f) for i, f in await self.store.stream_range(self.stream, count=count)
+        ]
+
+    async def stats(self) -> dict[str, Any]:
+        await self._ensure_group()
+        entries = await self.entries()
+        labels: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        for ex in entries:
+            lab = await self.label_of(ex)
+            labels["unlabeled" if lab is None else ("roadwork" if lab == 1 else "no_roadwork")] += 1
+            reasons.update(ex.reasons)
+        return {
+            "entries": len(entries),
+            "pending": await self.store.stream_pending(self.stream, self.group),
+            "undelivered": await self.store.stream_lag(self.stream, self.group),
+            "by_reason": dict(sorted(reasons.items())),
+            "by_label": dict(sorted(labels.items())),
+            "enqueued_by_reason": {
+                str(r): int(await self.store.get_bytes(f"hardq:reason:{r}") or 0) for r in Reason
+            },
+            "bytes": sum(ex.size for ex in entries),
+            "backend": self.store.describe(),
+        }
+
+    async def export(
+        self,
+        out_dir: str | Path,
+        consume: bool = False,
+        consumer: str = "export",
+        limit: int | None = None,
+        teacher: Teacher | None = None,
+        pseudo_margin: float = 0.3,
+    ) -> ExportReport:
+        """Write ``roadwork/``, ``no_roadwork/``, ``unlabeled/`` and ``manifest.csv`` (the layout
+        ``roadminer.learning.data.load_image_folder`` reads). With ``consume`` the entries are read through
+        the consumer group and acknowledged once written; otherwise the queue is left untouched.
+        Unlabelled images get a teacher pseudo-label when ``teacher`` is given and confident enough."""
+        out = Path(out_dir)
+        for d in ("roadwork", "no_roadwork", "unlabeled"):
+            (out / d).mkdir(parents=True, exist_ok=True)
+        if consume:
+            batch = await self.claim(consumer, count=limit or self.max_entries)
+        else:
+            batch = await self.entries(count=limit)
+        rows: list[dict[str, Any]] = []
+        missing = 0
+        unlabelled: list[tuple[HardExample, bytes]] = []
+        labelled: list[tuple[HardExample, bytes, int, str, float | None]] = []
+        done_ids: list[str] = []
+        for ex in batch:
+            data = await self.image(ex.image_hash)
+            if data is None:  # image expired or was never stored: nothing to learn from
+                missing += 1
+                done_ids.append(ex.entry_id)
+                continue
+            lab = await self.label_of(ex)
+            if lab is None:
+                unlabelled.append((ex, data))
+            else:
+                labelled.append((ex, data, lab, "known", None))
+        pseudo = 0
+        if teacher is not None and unlabelled:
+            probs = list(teacher([d for _, d in unlabelled]))
+            still: list[tuple[HardExample, bytes]] = []
+            for (ex, data), p in zip(unlabelled, probs, strict=True):
+                if abs(float(p) - 0.5) >= pseudo_margin:
+                    labelled.append((ex, data, int(float(p) > 0.5), "teacher", float(p)))
+                    pseudo += 1
+                else:
+                    still.append((ex, data))
+            unlabelled = still
+        written: Counter[str] = Counter()
+        items = [(ex, d, lab, origin, soft) for ex, d, lab, origin, soft in labelled]
+        items += [(ex, d, None, "", None) for ex, d in unlabelled]
+        for ex, data, lab, origin, soft in items:
+            folder = "unlabeled" if lab is None else ("roadwork" if lab == 1 else "no_roadwork")
+            rel = f"{folder}/{ex.image_hash}{_ext(data)}"
+            path = out / rel
+            if not path.exists():
+                path.write_bytes(data)
+            written[folder] += 1
+            rows.append(
+                {
+                    "file": rel,
+                    "label": "" if lab is None else lab,
+                    "source": "hard_examples",
+                    "group": ex.image_hash[:16],
+                    "image_hash": ex.image_hash,
+                    "reasons": ";".join(ex.reasons),
+                    "prob": round(ex.prob, 6),
+                    "tier": ex.tier,
+                    "validator": ex.validator,
+                    "ts": round(ex.ts, 3),
+                    "label_origin": origin,
+                    "soft_label": "" if soft is None else round(soft, 6),
+                    "entry_id": ex.entry_id,
+                }
+            )
+            done_ids.append(ex.entry_id)
+        manifest = out / MANIFEST
+        _merge_manifest(manifest, rows)
+        acked = await self.ack(*done_ids) if consume and done_ids else 0
+        report = ExportReport(
+            str(out),
+            {k: written.get(k, 0) for k in ("roadwork", "no_roadwork", "unlabeled")},
+            acked,
+            missing,
+            pseudo,
+            str(manifest),
+        )
+        logger.info(
+            "exported hard examples to {}: {} (acked {}, pseudo-labelled {})",
+            out,
+            dict(written),
+            acked,
+            pseudo,
+        )
+        return report
+
+
+def _merge_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append to an existing manifest (one row per file; a later row for the same file wins)."""
+    existing: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                existing[row["file"]] = row
+    for row in rows:
+        existing[row["file"]] = row
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(MANIFEST_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for row in existing.values():
+            w.writerow(row)
+    tmp.replace(path)

@@ -1,0 +1,39 @@
+"""Fixtures for compatibility tests against the reference bittensor 9.12 SDK (separate venv)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE / "scripts"
+sys.path.insert(0, str(HERE))
+from bt912_venv import ensure_bt912_venv  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bt912_python() -> Path:
+    """Path to the python of a venv holding bittensor==9.12.2 (built once and cached).
+
+    The install comes from PyPI; a failure fails the tests loudly (it is not a reason to skip).
+    """
+    try:
+        return ensure_bt912_venv(log=False)
+    except (subprocess.CalledProcessError, OSError) as e:
+        pytest.fail(f"could not build the bittensor 9.12.2 venv: {e}")
+
+
+def run_bt912(
+    python: Path, script: str, *args: str, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tests/compat/scripts/<script>`` with the 9.12 python; stdout is the script's JSON."""
+    return subprocess.run(
+        [str(python), str(SCRIPTS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
