@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -117,3 +118,16 @@ class ModelWatcher:
             self._task = None
         for t in list(self._closers):
             t.cancel()
+
+
+async def attach_hot_reload(settings: Any, batcher: Any) -> ModelWatcher | None:
+    """Start following the registry (``learning.models_dir``) when it serves any version: swap to the
+    served versions now (before the first request) and on every later promotion. None without a registry."""
+    root = settings.learning.models_dir
+    if not (Path(root) / "current.json").is_file():
+        return None
+    watcher = ModelWatcher.for_settings(settings, batcher)
+    watcher.generation = -2  # force the first check to load what the registry serves
+    await watcher.check()
+    watcher.start()
+    return watcher
