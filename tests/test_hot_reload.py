@@ -79,3 +79,24 @@ async def test_hot_reload_under_load_without_errors(tmp_path: Path) -> None:
     assert before and after and before.isdisjoint(after)
     assert all(p > 0.5 for p in after)  # the strong model, still serving after the broken promotion
     assert "colour-strong" in batcher.predictor.version
+
+
+async def test_miner_starts_on_the_promoted_model(tmp_path: Path) -> None:
+    (tmp_path / "strong.json").write_text(json.dumps(STRONG))
+    settings = settings_for(
+        tmp_path,
+        cascade={"tiers": [{"name": "colour", "kind": "colour"}]},
+        learning={"models_dir": str(tmp_path / "models"), "reload_poll_s": 0.05},
+    )
+    registry = ModelRegistry(settings.learning.models_dir)
+    registry.set_current(
+        registry.register("colour", "colour", {"colour_cue.json": tmp_path / "strong.json"}).version
+    )
+    miner = await run_miner(settings)
+    try:
+        assert "colour-strong" in miner.backend.batcher.predictor.version
+        async with aiohttp.ClientSession() as session:
+            pred, status, _ = await sn72_call(session, miner, ALICE, jpeg_b64(3))
+        assert status == 200 and pred is not None and pred > 0.5
+    finally:
+        await miner.stop()

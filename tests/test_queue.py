@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 from collections.abc import AsyncIterator
@@ -131,6 +132,10 @@ async def test_observe_hook_records_and_queues(store: StateStore) -> None:
     # a broken answer object never raises out of the hook
     assert await layer.observe(info, object(), None) == []  # type: ignore[arg-type]
     assert layer.errors == 1
+    # the fire-and-forget form used on the request path
+    assert layer.observe_soon(RequestInfo(validator="v2", image_hash=key, payload=img), confident, None)
+    await asyncio.gather(*list(layer._pending))
+    assert len(await layer.sessions.recent("v2")) == 1
 
 
 def test_queue_cli_stats_and_export(redis_url: str, tmp_path: Path) -> None:

@@ -24,21 +24,31 @@ def _nll(z: np.ndarray, y: np.ndarray, w: np.ndarray, a: float, b: float) -> flo
     return float(np.sum(w * (np.logaddexp(0, t) - y * t)) / np.sum(w))
 
 
-def fit_temperature(z: np.ndarray, y: np.ndarray, iters: int = 200) -> tuple[float, float]:
-    """Class-balanced Platt fit ``sigmoid(a z + b)`` by Newton steps; returns ``(T = 1/a, b)``."""
+def fit_temperature(z: np.ndarray, y: np.ndarray, iters: int = 100) -> tuple[float, float]:
+    """Class-balanced Platt fit ``sigmoid(a z + b)`` by damped Newton steps; returns ``(T = 1/a, b)``."""
     z = np.asarray(z, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     w = _balanced_w(y)
     a, b = 1.0, 0.0
+    loss = _nll(z, y, w, a, b)
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(a * z + b)))
+        p = 0.5 * (1 + np.tanh(0.5 * (a * z + b)))  # overflow-free sigmoid
         g = np.array([np.sum(w * (p - y) * z), np.sum(w * (p - y))])
-        h_diag = w * p * (1 - p)
-        h = np.array([[np.sum(h_diag * z * z), np.sum(h_diag * z)], [np.sum(h_diag * z), np.sum(h_diag)]])
-        h += 1e-6 * np.eye(2)
+        hd = w * p * (1 - p)
+        h = np.array([[np.sum(hd * z * z), np.sum(hd * z)], [np.sum(hd * z), np.sum(hd)]]) + 1e-6 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.max(np.abs(step)) < 1e-8:
+        scale = 1.0
+        while scale > 1e-4:  # backtracking: never accept a step that raises the loss
+            na, nb = a - scale * step[0], b - scale * step[1]
+            new = _nll(z, y, w, na, nb)
+            if new <= loss:
+                break
+            scale *= 0.5
+        else:
+            break
+        a, b, done = na, nb, loss - new < 1e-10
+        loss = new
+        if done:
             break
     a = float(np.clip(a, 1e-3, 1e3))  # a <= 0 would mean an inverted model; keep the map monotone
     return 1.0 / a, float(b)

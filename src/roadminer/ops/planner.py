@@ -73,6 +73,8 @@ KNOWN_PARAMS: dict[str, float] = {
 # Defaults per tier kind. ``device: cpu`` kinds take no GPU memory unless a tier says otherwise.
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "colour": {"device": "cpu", "params": 0, "dtype": "fp32", "activation_mb": 0.0},
+    "onnx_cpu": {"device": "cpu", "params": 0, "dtype": "fp32", "activation_mb": 0.0},
+    "fast_gpu": {"params": 4.65e6, "dtype": "fp16", "activation_mb": 16.0},
     "classifier": {"params": 25e6, "dtype": "fp16", "activation_mb": 24.0},
     "yolo": {"params": 9.4e6, "dtype": "fp16", "activation_mb": 48.0},
     "vlm_hf": {

@@ -483,6 +483,7 @@ async def start_miner(
     runners: list[web.AppRunner] = []
     try:
         signers = signers if signers is not None else load_signers(settings)
+        follow_registry = predictor is None
         if predictor is None:
             loop = asyncio.get_running_loop()
             predictor = await loop.run_in_executor(None, build_predictor, settings)
@@ -490,6 +491,12 @@ async def start_miner(
         batcher = MicroBatcher(predictor, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms, workers=b.workers)
         await batcher.start()
         owned.append(batcher.stop)
+        if follow_registry:  # serve what `roadminer promote` put in the registry, and follow it live
+            from roadminer.learning.reload import attach_hot_reload
+
+            watcher = await attach_hot_reload(settings, batcher)
+            if watcher is not None:
+                owned.append(watcher.stop)
         if chain is None:
             chain = build_chain(settings)
             await chain.start()

@@ -5,8 +5,8 @@ Wiring in the miner (serving)::
     state = StateLayer.from_config(settings.state)
     ...
     answer = await batcher.submit(rgb, payload, key)
-    await state.observe(RequestInfo(validator=hotkey, image_hash=key, payload=payload,
-                                    latency_ms=elapsed_ms), answer, tier_probs)
+    state.observe_soon(RequestInfo(validator=hotkey, image_hash=key, payload=payload,
+                                   latency_ms=elapsed_ms), answer, tier_probs)  # or: await state.observe(...)
     ...
     await state.close()
 
@@ -15,6 +15,7 @@ Wiring in the miner (serving)::
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Mapping
@@ -64,6 +65,8 @@ class StateLayer:
         self.observed = 0
         self.queued = 0
         self.errors = 0
+        self.dropped = 0
+        self._pending: set[asyncio.Task[list[str]]] = set()
 
     @classmethod
     def from_config(cls, cfg: Any, store: StateStore | None = None) -> StateLayer:
@@ -134,5 +137,23 @@ class StateLayer:
             logger.opt(exception=e).warning("state observe failed for {}", info.image_hash[:12])
             return []
 
+    def observe_soon(
+        self,
+        info: RequestInfo,
+        answer: AnswerLike,
+        tier_probs: Mapping[str, float] | None = None,
+        max_pending: int = 1000,
+    ) -> bool:
+        """Schedule ``observe`` without delaying the reply; dropped (False) when too many are pending."""
+        if len(self._pending) >= max_pending:
+            self.dropped += 1
+            return False
+        task = asyncio.get_running_loop().create_task(self.observe(info, answer, tier_probs))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return True
+
     async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
         await self.store.close()
