@@ -70,6 +70,7 @@ async def test_hot_reload_under_load_without_errors(tmp_path: Path) -> None:
         await watcher.stop()
         await miner.stop()
 
+    print(f"\nhot reload under load: {len(results)} requests, 8 concurrent clients, {watcher.swaps} swap")
     assert watcher.swaps == 1 and watcher.failures == 1
     assert served_before > 10 and len(results) > served_before + 10
     bad = [r for r in results if r[0] != 200 or r[1] is None or not 0.0 <= r[1] <= 1.0]

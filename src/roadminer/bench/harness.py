@@ -183,6 +183,18 @@ def measure_decode(engine: Any, raws: Sequence[bytes], batch: int, seconds: floa
                 n += batch
             out[mode] = n / (time.perf_counter() - t0)
     engine.decode_mode = saved
+    # the model alone (graph replay of this bucket on device-resident input), for comparison
+    x = torch.zeros((batch, engine.size, engine.size, 3), dtype=torch.uint8, device=engine.device)
+    with torch.cuda.stream(engine.stream):
+        engine._run_model(x)
+        torch.cuda.synchronize()
+        n = 0
+        t0 = time.perf_counter()
+        while n < 20 * batch or time.perf_counter() - t0 < seconds / 2:
+            engine._run_model(x)
+            n += batch
+        torch.cuda.synchronize()
+        out["model only"] = n / (time.perf_counter() - t0)
     return {"batch": batch, "img_per_s": out, "gpu_share_auto": round(engine.rates.gpu_share(), 3)}
 
 
@@ -592,7 +604,7 @@ def render(res: BenchResult) -> Any:
             t.add_row(str(r["batch"]), f"{r['img_per_s']:,.0f}", f"{r['batch_ms_p50']:.2f}", f"{r['batch_ms_p99']:.2f}")
         parts.append(t)
     if res.decode:
-        t = Table(title=f"decode only, batch {res.decode['batch']} (img/s)")
+        t = Table(title=f"decode only / model only, batch {res.decode['batch']} (img/s)")
         for k in res.decode["img_per_s"]:
             t.add_column(k, justify="right")
         t.add_row(*[f"{v:,.0f}" for v in res.decode["img_per_s"].values()])

@@ -22,10 +22,19 @@ class ImagePolicy:
     max_pixels: int = 4096 * 4096
     max_side: int = 8192
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
+    # Decoded images with a longer side are shrunk to it (None: keep full size). Bounds the memory that
+    # queued requests hold: a small PNG/JPEG may legally decode to max_pixels (48 MB of RGB).
+    max_work_side: int | None = None
 
     @classmethod
     def from_config(cls, cfg) -> ImagePolicy:  # cfg: roadminer.config.ImageLimits
-        return cls(cfg.max_encoded_bytes, cfg.max_pixels, cfg.max_side, tuple(f.upper() for f in cfg.formats))
+        return cls(
+            cfg.max_encoded_bytes,
+            cfg.max_pixels,
+            cfg.max_side,
+            tuple(f.upper() for f in cfg.formats),
+            getattr(cfg, "max_work_side", None),
+        )
 
 
 def b64decode_image(data: str, policy: ImagePolicy) -> bytes:
@@ -44,37 +53,59 @@ def b64decode_image(data: str, policy: ImagePolicy) -> bytes:
 
 
 def decode_rgb(raw: bytes, policy: ImagePolicy) -> np.ndarray:
-    """Decode image bytes into an HxWx3 uint8 RGB array (EXIF orientation applied)."""
+    """Decode image bytes into an HxWx3 uint8 RGB array (EXIF orientation applied).
+
+    Only the policy's format plugins are tried; size limits are checked from the header before any
+    pixel is decoded. Every failure is an ``ImageDecodeError`` (whatever the decoder raised).
+    """
     if len(raw) > policy.max_encoded_bytes:
         raise ImageDecodeError(f"image exceeds {policy.max_encoded_bytes} encoded bytes")
+    Image.init()
+    plugins = [f for f in policy.formats if f in Image.OPEN]
+    accepted = ", ".join(policy.formats)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
+            warnings.simplefilter("ignore", UserWarning)  # corrupt EXIF/TIFF tags: decoded anyway
+            img = Image.open(io.BytesIO(raw), formats=plugins or None)
             fmt = (img.format or "").upper()
+            if fmt == "MPO" and "JPEG" in policy.formats:
+                fmt = "JPEG"  # multi-picture JPEG (cameras): the first picture is a plain JPEG
             if fmt not in policy.formats:
-                raise ImageDecodeError(f"image format {fmt or 'unknown'} not accepted ({', '.join(policy.formats)})")
+                raise ImageDecodeError(f"image format {fmt or 'unknown'} not accepted ({accepted})")
             w, h = img.size
             if w < 1 or h < 1:
                 raise ImageDecodeError("image has zero size")
             if w > policy.max_side or h > policy.max_side or w * h > policy.max_pixels:
-                raise ImageDecodeError(f"image {w}x{h} exceeds limits ({policy.max_side} px side, {policy.max_pixels} px)")
+                raise ImageDecodeError(
+                    f"image {w}x{h} exceeds limits ({policy.max_side} px side, {policy.max_pixels} px)"
+                )
+            side = policy.max_work_side
+            if side and fmt == "JPEG" and max(w, h) > side:
+                img.draft("RGB", (max(1, w * side // max(w, h)), max(1, h * side // max(w, h))))
             img.load()
             img = ImageOps.exif_transpose(img)
+            if side and max(img.size) > side:
+                img.thumbnail((side, side), Image.Resampling.BILINEAR)
             if img.mode != "RGB":
                 if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                     bg = Image.new("RGB", img.size, (255, 255, 255))
-                    bg.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
+                    rgba = img.convert("RGBA")
+                    bg.paste(rgba, mask=rgba.split()[-1])
                     img = bg
                 else:
                     img = img.convert("RGB")
             return np.asarray(img, dtype=np.uint8)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"image cannot be decoded: not an accepted format ({accepted})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"image cannot be decoded: {type(e).__name__}") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise ImageDecodeError(f"image cannot be decoded: {e}") from None
+    except Exception as e:  # decoders raise struct.error, KeyError, IndexError... on crafted files
+        raise ImageDecodeError(f"image cannot be decoded: {type(e).__name__}") from None
 
 
 def encode_jpeg(rgb: np.ndarray | Image.Image, quality: int = 75) -> bytes:

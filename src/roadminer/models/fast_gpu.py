@@ -121,7 +121,8 @@ def _logit_column(out: torch.Tensor) -> torch.Tensor:
 
 
 class _ProbHead(nn.Module):
-    """uint8 NCHW -> normalised -> model -> P(class 1), so one graph holds the whole device side."""
+    """uint8 NHWC -> normalised NCHW (channels_last memory, no copy) -> model -> P(class 1), so that one
+    graph holds the whole device side. NHWC is what JPEG decoders write, so nothing transposes on the host."""
 
     def __init__(self, module: nn.Module, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype,
                  channels_last: bool) -> None:
@@ -135,9 +136,8 @@ class _ProbHead(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype) * self.scale + self.shift
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.permute(0, 3, 1, 2).to(self.dtype) * self.scale + self.shift
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return torch.sigmoid(_logit_column(self.module(x)).float())
 
 
@@ -242,7 +242,7 @@ class FastImageEngine:
         pin = self.is_cuda
         s = self.size
         self._ring = ring
-        shape = (self.max_batch, 3, s, s)
+        shape = (self.max_batch, s, s, 3)  # NHWC, as decoders write it
         self._stage = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(ring)]
         self._out = [torch.empty(self.max_batch, dtype=torch.float32, pin_memory=pin) for _ in range(ring)]
         self._events: list[Any] = [None] * ring
@@ -251,12 +251,9 @@ class FastImageEngine:
         self.name = backbone.name
 
     # ------------------------------------------------------------------ decoding
-    def _decode_one_cpu(self, raw: bytes, out: torch.Tensor) -> None:
-        decode_into(raw, out, self.size, self.policy)
-
-    def _cpu_decode_range(self, raws: Sequence[bytes], stage: torch.Tensor, start: int) -> None:
+    def _cpu_decode_range(self, raws: Sequence[bytes], stage: np.ndarray, start: int) -> None:
         for i, raw in enumerate(raws):
-            self._decode_one_cpu(raw, stage[start + i])
+            decode_into(raw, stage[start + i], self.size, self.policy)
 
     def _gpu_decode(self, raws: Sequence[bytes]) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -265,11 +262,12 @@ class FastImageEngine:
         imgs = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
         s = self.size
         if all(t.shape[1] == s and t.shape[2] == s for t in imgs):
-            return torch.stack(imgs)
-        return torch.cat([_resize_uint8(t.unsqueeze(0), s) for t in imgs])
+            return torch.stack(imgs).permute(0, 2, 3, 1)
+        return torch.cat([_resize_uint8(t.unsqueeze(0), s) for t in imgs]).permute(0, 2, 3, 1)
 
     def _to_device(self, raws: Sequence[bytes], stage: torch.Tensor) -> torch.Tensor:
-        """Decode a batch to an NCHW uint8 tensor on the engine's device (stream-ordered)."""
+        """Decode a batch to an NHWC uint8 tensor on the engine's device (stream-ordered)."""
+        stage_np = stage.numpy()
         n = len(raws)
         mode = self.decode_mode
         if mode == "auto":
@@ -286,7 +284,7 @@ class FastImageEngine:
             per = max(1, math.ceil(n_cpu / self.decode_threads))
             for a in range(n_gpu, n, per):
                 chunk = raws[a : a + per]
-                futures.append(self._pool.submit(self._cpu_decode_range, chunk, stage, a - n_gpu))
+                futures.append(self._pool.submit(self._cpu_decode_range, chunk, stage_np, a - n_gpu))
         gpu_part = None
         if n_gpu:
             tg = time.perf_counter()
@@ -295,9 +293,9 @@ class FastImageEngine:
                 self.rates.update("gpu", n_gpu, time.perf_counter() - tg)
             except RuntimeError as e:  # corrupt JPEG in the batch: decode them on the CPU one by one
                 logger.debug("GPU JPEG decode failed ({}); CPU fallback for {} images", e, n_gpu)
-                gpu_part = torch.empty((n_gpu, 3, self.size, self.size), dtype=torch.uint8)
-                self._cpu_decode_range(raws[:n_gpu], gpu_part, 0)
-                gpu_part = gpu_part.to(self.device)
+                host = np.empty((n_gpu, self.size, self.size, 3), dtype=np.uint8)
+                self._cpu_decode_range(raws[:n_gpu], host, 0)
+                gpu_part = torch.from_numpy(host).to(self.device)
         errors = []
         for f in futures:
             try:
@@ -322,7 +320,7 @@ class FastImageEngine:
 
     def _capture(self, size: int) -> _GraphSlot:
         s = self.size
-        static_in = torch.zeros((size, 3, s, s), dtype=torch.uint8, device=self.device)
+        static_in = torch.zeros((size, s, s, 3), dtype=torch.uint8, device=self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.inference_mode():
@@ -388,11 +386,7 @@ class FastImageEngine:
         out = []
         for a in range(0, len(images), self.max_batch):
             chunk = images[a : a + self.max_batch]
-            s = self.size
-            tens = []
-            for im in chunk:
-                t = torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).permute(2, 0, 1)
-                tens.append(t if t.shape[1:] == (s, s) else _resize_uint8(t.unsqueeze(0), s)[0])
+            tens = [torch.from_numpy(_fit_hwc(im, self.size)) for im in chunk]
             with self._lock:
                 ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
                 with ctx:
@@ -475,13 +469,14 @@ def jpeg_size(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_into(raw: bytes, out: torch.Tensor, size: int, policy: ImagePolicy) -> None:
-    """Decode one image into ``out`` (3 x size x size uint8, e.g. a view of pinned memory). JPEGs go
+def decode_into(raw: bytes, out: np.ndarray, size: int, policy: ImagePolicy) -> None:
+    """Decode one image into ``out`` (size x size x 3 uint8, e.g. a row of pinned memory). JPEGs go
     through libjpeg-turbo (GIL released); other formats through the policy-checked PIL path, which
-    raises ``ImageDecodeError``."""
+    raises ``ImageDecodeError``. The copy is numpy's (one thread): torch's CPU copy would start an
+    OpenMP team per call and oversubscribe the cores when many decoder threads run."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    img: torch.Tensor | None = None
+    arr: np.ndarray | None = None
     if raw[:2] == b"\xff\xd8":
         dims = jpeg_size(raw)
         if dims is not None:
@@ -490,14 +485,20 @@ def decode_into(raw: bytes, out: torch.Tensor, size: int, policy: ImagePolicy) -
                 raise ImageDecodeError(f"image {w}x{h} exceeds limits ({policy.max_side} px side, "
                                        f"{policy.max_pixels} px)")
         try:
-            img = decode_jpeg(torch.frombuffer(raw, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            arr = decode_jpeg(torch.frombuffer(raw, dtype=torch.uint8), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
         except RuntimeError:
-            img = None
-    if img is None:
-        img = torch.from_numpy(np.require(decode_rgb(raw, policy), np.uint8, ["C", "W"])).permute(2, 0, 1)
-    if img.shape[1:] != (size, size):
-        img = _resize_uint8(img.unsqueeze(0), size)[0]
-    out.copy_(img)
+            arr = None
+    if arr is None:
+        arr = decode_rgb(raw, policy)
+    np.copyto(out, _fit_hwc(arr, size))
+
+
+def _fit_hwc(img: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> size x size x 3 (antialiased bilinear when the size differs)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return np.require(img, np.uint8, ["C", "W"])
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+    return _resize_uint8(t, size)[0].permute(1, 2, 0).contiguous().numpy()
 
 
 def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from roadminer.imaging.decode import ImageDecodeError, ImagePolicy
 from roadminer.models.fast_gpu import Backbone, _ProbHead, b64_to_bytes, decode_into, resolve_backbone
 
 OPSET = 17
+LAYOUT = "nhwc-u8"  # part of the export cache key
 
 
 def default_cache_dir() -> Path:
@@ -35,7 +36,7 @@ def default_cache_dir() -> Path:
 
 def backbone_digest(backbone: Backbone) -> str:
     h = hashlib.sha256()
-    h.update(repr((backbone.name, backbone.mean, backbone.std, backbone.input_size, OPSET)).encode())
+    h.update(repr((backbone.name, backbone.mean, backbone.std, backbone.input_size, OPSET, LAYOUT)).encode())
     for k, v in backbone.module.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -43,12 +44,12 @@ def backbone_digest(backbone: Backbone) -> str:
 
 
 def export_onnx(backbone: Backbone, path: Path) -> Path:
-    """uint8 Nx3xSxS -> P(class 1) [N] (fp32 graph)."""
+    """uint8 NxSxSx3 -> P(class 1) [N] (fp32 graph; the transpose to NCHW is inside the graph)."""
     import warnings
 
     head = _ProbHead(backbone.module.float().eval(), backbone.mean, backbone.std, torch.float32, False).eval()
     s = backbone.input_size
-    x = torch.zeros((2, 3, s, s), dtype=torch.uint8)
+    x = torch.zeros((2, s, s, 3), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings(), torch.inference_mode():
@@ -67,10 +68,10 @@ class _SceneCalibration:
         from roadminer.bench.harness import synthetic_jpegs
 
         raws = synthetic_jpegs(n, size=size, seed=seed)
-        buf = np.empty((n, 3, size, size), dtype=np.uint8)
+        buf = np.empty((n, size, size, 3), dtype=np.uint8)
         pol = ImagePolicy()
         for i, r in enumerate(raws):
-            decode_into(r, torch.from_numpy(buf[i]), size, pol)
+            decode_into(r, buf[i], size, pol)
         self._batches = iter([buf[a : a + batch] for a in range(0, n, batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -137,12 +138,12 @@ class OnnxCpuEngine:
 
     def _decode(self, raws: Sequence[bytes]) -> np.ndarray:
         n = len(raws)
-        buf = np.empty((n, 3, self.size, self.size), dtype=np.uint8)
+        buf = np.empty((n, self.size, self.size, 3), dtype=np.uint8)
         per = max(1, math.ceil(n / self.decode_threads))
 
         def work(a: int) -> None:
             for i in range(a, min(n, a + per)):
-                decode_into(raws[i], torch.from_numpy(buf[i]), self.size, self.policy)
+                decode_into(raws[i], buf[i], self.size, self.policy)
 
         for f in [self._pool.submit(work, a) for a in range(0, n, per)]:
             f.result()  # re-raises ImageDecodeError
@@ -165,14 +166,9 @@ class OnnxCpuEngine:
     def predict_rgb(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not images:
             return np.zeros(0)
-        from roadminer.models.fast_gpu import _resize_uint8
+        from roadminer.models.fast_gpu import _fit_hwc
 
-        s = self.size
-        arrs = []
-        for im in images:
-            t = torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).permute(2, 0, 1)
-            arrs.append((t if t.shape[1:] == (s, s) else _resize_uint8(t.unsqueeze(0), s)[0]).numpy())
-        x = np.ascontiguousarray(np.stack(arrs))
+        x = np.ascontiguousarray(np.stack([_fit_hwc(im, self.size) for im in images]))
         step = self.max_batch
         return np.concatenate([self._run(x[a : a + step]) for a in range(0, len(x), step)])
 
@@ -181,7 +177,7 @@ class OnnxCpuEngine:
             yield self.predict_b64(b)
 
     def warmup(self) -> None:
-        x = np.zeros((min(8, self.max_batch), 3, self.size, self.size), dtype=np.uint8)
+        x = np.zeros((min(8, self.max_batch), self.size, self.size, 3), dtype=np.uint8)
         self._run(x)
 
     def describe(self) -> dict[str, Any]:

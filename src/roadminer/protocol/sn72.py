@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 import uuid as uuid_mod
@@ -34,6 +35,9 @@ EMPTY_BODY_HASH = hashlib.sha3_256(b"").hexdigest()
 # Dendrites at or above 7.2.0 use the freshness-window nonce rule.
 V_7_2_0 = 7_002_000
 ALLOWED_DELTA_S = 4.0
+# The (unsigned) timeout header widens a first-seen endpoint's nonce window; capped well below the
+# nonce store's endpoint TTL so a captured request cannot be replayed once its endpoint entry expires.
+MAX_WINDOW_S = 600.0
 # bittensor encodes versions as major*1e6 + minor*1e3 + patch; a client built here claims 9.12.2.
 REFERENCE_VERSION = "9.12.2"
 
@@ -163,7 +167,7 @@ def parse_headers(headers: Mapping[str, str]) -> ImageSynapse:
                 400, f"Improperly formatted request: bad header values ({_locs(e, label)})"
             ) from None
     try:
-        return ImageSynapse(
+        synapse = ImageSynapse(
             name=SYNAPSE_NAME,
             timeout=top.get(HEADER_TIMEOUT, DEFAULT_TIMEOUT_S),
             header_size=top.get(HEADER_SIZE, 0),
@@ -175,6 +179,9 @@ def parse_headers(headers: Mapping[str, str]) -> ImageSynapse:
     except (ValidationError, ValueError) as e:
         where = _locs(e, "") if isinstance(e, ValidationError) else str(e)
         raise SynapseError(400, f"Improperly formatted request: bad header values ({where})") from None
+    if synapse.timeout is not None and not math.isfinite(synapse.timeout):
+        raise SynapseError(400, "Improperly formatted request: bad header values (timeout)")
+    return synapse
 
 
 def _locs(e: ValidationError, prefix: str) -> str:
@@ -203,7 +210,9 @@ class EndpointNonceStore(Protocol):
 
 def nonce_window_floor(now_ns: int, timeout_s: float | None, allowed_delta_s: float = ALLOWED_DELTA_S) -> int:
     """Nonces of a first-seen endpoint must be strictly greater than this (bittensor's rule)."""
-    return int(now_ns - allowed_delta_s * 1e9 - (timeout_s or 0.0) * 1e9)
+    # A caller-chosen timeout may be huge: clamp it (finite integer, bounded replay window).
+    timeout = min(max(timeout_s or 0.0, -MAX_WINDOW_S), MAX_WINDOW_S)
+    return int(now_ns - allowed_delta_s * 1e9 - timeout * 1e9)
 
 
 async def check_request(
