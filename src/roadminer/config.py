@@ -74,6 +74,8 @@ class ImageLimits(BaseModel):
     max_side: int = 8192
     formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "BMP"])
     input_size: int = 224
+    # The miner shrinks decoded images with a longer side to this (bounds memory per queued request).
+    max_work_side: int | None = 1024
 
 
 class BatcherConfig(BaseModel):

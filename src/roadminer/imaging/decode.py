@@ -85,8 +85,6 @@ def decode_rgb(raw: bytes, policy: ImagePolicy) -> np.ndarray:
                 img.draft("RGB", (max(1, w * side // max(w, h)), max(1, h * side // max(w, h))))
             img.load()
             img = ImageOps.exif_transpose(img)
-            if side and max(img.size) > side:
-                img.thumbnail((side, side), Image.Resampling.BILINEAR)
             if img.mode != "RGB":
                 if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                     bg = Image.new("RGB", img.size, (255, 255, 255))
@@ -95,6 +93,8 @@ def decode_rgb(raw: bytes, policy: ImagePolicy) -> np.ndarray:
                     img = bg
                 else:
                     img = img.convert("RGB")
+            if side and max(img.size) > side:
+                img.thumbnail((side, side), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except ImageDecodeError:
         raise
