@@ -46,6 +46,13 @@ def _sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
+def btauth_nonce_ttl(settings: Settings) -> float:
+    """How long btauth/1 nonces are kept: at least the freshness window (``http_auth`` refuses to
+    verify with a store that forgets sooner, which would fail every request)."""
+    g = settings.guards
+    return max(60.0, g.btauth_max_age_s + g.btauth_allowed_skew_s + 1.0)
+
+
 @dataclass
 class Prediction:
     prob: float
@@ -88,7 +95,7 @@ class MinerBackend:
             settings=settings,
             batcher=batcher,
             chain=chain,
-            nonces=nonces or NonceStore.from_config(settings.state),
+            nonces=nonces or NonceStore.from_config(settings.state, btauth_ttl_s=btauth_nonce_ttl(settings)),
             guards=guards or Guards.build(chain, settings.guards),
             fallback=fallback,
             policy=ImagePolicy.from_config(settings.images),
@@ -502,7 +509,7 @@ async def start_miner(
             await chain.start()
             owned.append(chain.stop)
         if nonces is None:
-            nonces = NonceStore.from_config(settings.state)
+            nonces = NonceStore.from_config(settings.state, btauth_ttl_s=btauth_nonce_ttl(settings))
             owned.append(nonces.close)
         backend = MinerBackend.build(settings, batcher, chain, nonces=nonces)
         owned.append(backend.close)

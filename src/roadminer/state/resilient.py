@@ -228,9 +228,17 @@ class ResilientStore(StateStore):
         return {**self.primary.describe(), "up": self.up, "fallbacks": self.fallbacks}
 
 
+# Keys written with ``set_if_greater`` (SN72 endpoint nonces): on hand-back the larger value wins, so a
+# nonce accepted during the outage cannot be replayed once Redis (with its older nonce) is back.
+MONOTONIC_PREFIXES = ("nonce:sn72:",)
+
+
 async def _replay(store: StateStore, data: dict[str, Any]) -> None:
     for key, (value, ttl) in data["kv"].items():
-        await store.set_nx(key, value, ttl)
+        if key.startswith(MONOTONIC_PREFIXES):
+            await store.set_if_greater(key, int(value), ttl)
+        else:
+            await store.set_nx(key, value, ttl)
     for key, items in data["lists"].items():
         for value in reversed(items):  # oldest first so the newest ends up in front
             await store.list_push(key, value)
