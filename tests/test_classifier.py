@@ -11,7 +11,13 @@ import torch
 
 from roadminer.cascade.tiers import ImageBatch
 from roadminer.imaging.scenes import draw_scene, scene_rng
-from roadminer.models.classifier import DEFAULT_MODEL, ClassifierTier, build_model, load_classifier, save_classifier
+from roadminer.models.classifier import (
+    DEFAULT_MODEL,
+    ClassifierTier,
+    build_model,
+    load_classifier,
+    save_classifier,
+)
 
 
 def test_round_trip_keeps_answers(tmp_path: Path) -> None:

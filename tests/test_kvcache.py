@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from conftest import free_port
+from _netutil import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from roadminer.imaging.scenes import draw_scene, scene_rng
 from roadminer.learning.data import (

@@ -165,8 +165,9 @@ async def test_several_hotkeys_share_one_backend(tmp_path) -> None:
     try:
         assert len(miner.urls) == 2 and miner.ports[0] != miner.ports[1]
         async with aiohttp.ClientSession() as s:
-            r0 = await sn72_call(s, miner, ALICE, idx=0)
-            r1 = await sn72_call(s, miner, ALICE, idx=1)
+            # distinct images: the same one twice would be answered by the result cache
+            r0 = await sn72_call(s, miner, ALICE, jpeg_b64(1), idx=0)
+            r1 = await sn72_call(s, miner, ALICE, jpeg_b64(2), idx=1)
             assert r0[:2] == r1[:2] == (0.8, 200)
             # a request addressed to one hotkey is refused by the other
             url, headers, body = sn72.build_request(

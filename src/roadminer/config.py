@@ -48,6 +48,8 @@ class ChainConfig(BaseModel):
     netuid: int = 72
     local_config: str = "configs/local_chain.yaml"
     sync_interval_s: float = 120.0
+    # The miner records its own incentive/trust/consensus/emission into history this often (0 = off).
+    metrics_interval_s: float = 300.0
 
 
 class GuardConfig(BaseModel):
@@ -222,6 +224,7 @@ class PlanConfig(BaseModel):
 
 
 class DashboardConfig(BaseModel):
+    on_miner: bool = True  # the miner also serves the dashboard at /dashboard/ (main hotkey's port)
     host: str = "127.0.0.1"
     port: int = 8095
     # Where the dashboard reads live Prometheus numbers when it runs apart from the miner.

@@ -62,3 +62,19 @@ def ensure_bt912_venv(log: bool = True) -> Path:
 
 if __name__ == "__main__":
     print(ensure_bt912_venv())
+
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def run_bt912(
+    python: Path, script: str, *args: str, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tests/compat/scripts/<script>`` with the 9.12 python; stdout is the script's JSON."""
+    return subprocess.run(
+        [str(python), str(SCRIPTS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-SCRIPTS = HERE / "scripts"
-sys.path.insert(0, str(HERE))
-from bt912_venv import ensure_bt912_venv  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bt912_venv import ensure_bt912_venv
 
 
 @pytest.fixture(scope="session")
@@ -24,16 +22,3 @@ def bt912_python() -> Path:
         return ensure_bt912_venv(log=False)
     except (subprocess.CalledProcessError, OSError) as e:
         pytest.fail(f"could not build the bittensor 9.12.2 venv: {e}")
-
-
-def run_bt912(
-    python: Path, script: str, *args: str, timeout: float = 120.0
-) -> subprocess.CompletedProcess[str]:
-    """Run ``tests/compat/scripts/<script>`` with the 9.12 python; stdout is the script's JSON."""
-    return subprocess.run(
-        [str(python), str(SCRIPTS / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )

@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from bt912_venv import SCRIPTS
 
-from conftest import SCRIPTS
 from roadminer.imaging.decode import encode_jpeg, to_b64
 from roadminer.protocol import sn72
 from roadminer.protocol.keys import HotkeySigner

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bt912_venv import run_bt912
 
-from conftest import run_bt912
 from roadminer.chain.local import LocalChainView
 from roadminer.config import Settings
 from roadminer.imaging.decode import encode_jpeg, to_b64

@@ -363,7 +363,10 @@ def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], po
     return start
 
 
-def _signed_request_factory(url: str, axon_hotkey: str | None) -> Callable[[str], tuple[str, dict, dict]] | None:
+RequestBuilder = Callable[[str], tuple[str, dict, dict]]
+
+
+def _signed_request_factory(url: str, axon_hotkey: str | None) -> Callable[[], RequestBuilder] | None:
     try:
         from roadminer.protocol import sn72
     except ImportError:
@@ -376,31 +379,35 @@ def _signed_request_factory(url: str, axon_hotkey: str | None) -> Callable[[str]
     host, port = url.rsplit("//", 1)[1].split(":")
     import uuid as uuid_mod
 
-    ident = str(uuid_mod.uuid1())
+    def client() -> Callable[[str], tuple[str, dict, dict]]:
+        # One dendrite uuid per concurrent client: nonces must increase per (hotkey, uuid) endpoint, and
+        # one client sends its requests one after another, as a validator does.
+        ident = str(uuid_mod.uuid4())
 
-    def build(image_b64: str) -> tuple[str, dict, dict]:
-        return sn72.build_request(signer, axon_hotkey, host, int(port), image_b64, uuid=ident)
+        def build(image_b64: str) -> tuple[str, dict, dict]:
+            return sn72.build_request(signer, axon_hotkey, host, int(port), image_b64, uuid=ident)
 
-    return build
+        return build
+
+    return client
 
 
 async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
-                     build: Callable[[str], tuple[str, dict, dict]] | None) -> dict[str, Any]:
+                     clients: Callable[[], RequestBuilder] | None) -> dict[str, Any]:
     import aiohttp
 
     lat: list[float] = []
     errors = 0
-    lock = asyncio.Lock()  # signed requests need strictly increasing nonces per client endpoint
     counter = iter(range(n))
     conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=conn) as session:
         async def worker() -> None:
             nonlocal errors
+            build = clients() if clients is not None else None
             for i in counter:
                 img = b64[i % len(b64)]
                 if build is not None:
-                    async with lock:
-                        target, headers, body = build(img)
+                    target, headers, body = build(img)
                 else:
                     target, headers, body = url + "/ImageSynapse", {}, {"image": img, "prediction": -1.0}
                 t = time.perf_counter()
@@ -415,6 +422,7 @@ async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
 
         # a few warm-up requests (connections, first batches)
         warm = [b64[i % len(b64)] for i in range(min(8, n))]
+        build = clients() if clients is not None else None
         for img in warm:
             target, headers, body = build(img) if build else (url + "/ImageSynapse", {}, {"image": img})
             async with session.post(target, json=body, headers=headers) as r:
@@ -435,9 +443,9 @@ def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64:
     try:
         with _ServerThread(start or _local_server(tier_options, tier_kind, max_batch, port)) as srv:
             result.update(srv.info)
-            build = _signed_request_factory(srv.url, srv.info.get("axon_hotkey")) if srv.info.get("signed") else None
-            result["signed"] = build is not None
-            result["levels"] = [asyncio.run(_http_load(srv.url, b64, c, max(n, 4 * c), build)) for c in concurrency]
+            clients = _signed_request_factory(srv.url, srv.info.get("axon_hotkey")) if srv.info.get("signed") else None
+            result["signed"] = clients is not None
+            result["levels"] = [asyncio.run(_http_load(srv.url, b64, c, max(n, 4 * c), clients)) for c in concurrency]
     except Exception as e:
         if not used_project:
             raise

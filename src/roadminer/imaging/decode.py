@@ -100,8 +100,8 @@ def decode_rgb(raw: bytes, policy: ImagePolicy) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError(f"image cannot be decoded: not an accepted format ({accepted})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"image cannot be decoded: {type(e).__name__}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError(f"image exceeds limits ({policy.max_pixels} px): decompression bomb") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise ImageDecodeError(f"image cannot be decoded: {e}") from None
     except Exception as e:  # decoders raise struct.error, KeyError, IndexError... on crafted files

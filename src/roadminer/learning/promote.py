@@ -16,6 +16,40 @@ from roadminer.learning.registry import ModelRegistry, RegistryError
 SUMMARY_KEYS = ("n", "mcc", "accuracy", "auc", "brier", "ece")
 
 
+def note_model_event(settings: Any, version: str, event: str, **info: Any) -> bool:
+    """Put a ``promoted``/``rejected`` event on the dashboard's model timeline in the shared state store
+    (Redis; a memory store is private to this process, so nothing is written). Safe from sync code,
+    with or without a running event loop; never raises. True when written."""
+    if getattr(settings.state, "backend", "memory") != "redis":
+        return False
+    import asyncio
+    import threading
+
+    from roadminer.dashboard.data import record_model_event
+    from roadminer.state.store import build_store
+
+    done: list[bool] = []
+
+    async def write() -> None:
+        store = build_store(settings.state)
+        try:
+            await asyncio.wait_for(record_model_event(store, version, event, **info), 5.0)
+            done.append(True)
+        finally:
+            await store.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(write())
+        except Exception as e:
+            logger.warning("could not record model event {} {}: {!r}", event, version, e)
+
+    t = threading.Thread(target=run, name="model-event", daemon=True)
+    t.start()
+    t.join(10.0)
+    return bool(done)
+
+
 @dataclass
 class PromotionResult:
     candidate: str
@@ -139,4 +173,14 @@ def promote(
     else:
         registry.reject(candidate, reason="; ".join(reasons), gate=gate_doc)
         logger.info("candidate {} not promoted: {}", candidate, "; ".join(reasons))
+    if not dry_run:
+        note_model_event(
+            settings,
+            candidate,
+            "promoted" if result.promoted else "rejected",
+            tier=card.tier,
+            reasons=reasons,
+            mcc=None if cand_m.get("mcc") is None else float(cand_m["mcc"]),
+            brier=None if cand_m.get("brier") is None else float(cand_m["brier"]),
+        )
     return result

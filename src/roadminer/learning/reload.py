@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,11 @@ class ModelWatcher:
         build: Callable[[], Any],
         poll_s: float = 5.0,
         grace_s: float = 10.0,
+        on_swap: Callable[[str, int], Awaitable[None]] | None = None,
     ) -> None:
         self.registry = registry
+        # Awaited with (version, generation) after each swap (the miner notes it on the model timeline).
+        self.on_swap = on_swap
         self.batcher = batcher
         self.build = build
         self.poll_s = poll_s
@@ -88,6 +91,11 @@ class ModelWatcher:
             with contextlib.suppress(Exception):
                 MODEL_INFO.info({"version": version})
             logger.info("hot reload: now serving {} (generation {})", version, gen)
+            if self.on_swap is not None:
+                try:
+                    await self.on_swap(version, gen)
+                except Exception as e:  # a listener never undoes a swap
+                    logger.warning("hot reload listener failed: {!r}", e)
             if hasattr(old, "close") and old is not new:
                 task = asyncio.create_task(self._close_later(old))
                 self._closers.add(task)
@@ -120,13 +128,17 @@ class ModelWatcher:
             t.cancel()
 
 
-async def attach_hot_reload(settings: Any, batcher: Any) -> ModelWatcher | None:
+async def attach_hot_reload(
+    settings: Any, batcher: Any, on_swap: Callable[[str, int], Awaitable[None]] | None = None
+) -> ModelWatcher | None:
     """Start following the registry (``learning.models_dir``) when it serves any version: swap to the
-    served versions now (before the first request) and on every later promotion. None without a registry."""
+    served versions now (before the first request) and on every later promotion. None without a registry.
+    ``on_swap(version, generation)`` is awaited after every swap, the first included."""
     root = settings.learning.models_dir
     if not (Path(root) / "current.json").is_file():
         return None
     watcher = ModelWatcher.for_settings(settings, batcher)
+    watcher.on_swap = on_swap
     watcher.generation = -2  # force the first check to load what the registry serves
     await watcher.check()
     watcher.start()

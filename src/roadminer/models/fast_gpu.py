@@ -114,6 +114,42 @@ def _triple(v: Sequence[float]) -> tuple[float, float, float]:
     return float(v[0]), float(v[1]), float(v[2])
 
 
+def fold_batchnorm(module: nn.Module, input_size: int = 224, atol: float = 1e-3) -> int:
+    """Fold every eval-mode BatchNorm2d into the Conv2d registered just before it (the usual
+    conv -> bn order of EfficientNet/MobileNet/ResNet blocks), in place. Removes one read and write of
+    each activation map. The folded model is checked against the original on a random batch; on any
+    mismatch (a module whose forward does not use them back to back) nothing is changed. Returns the
+    number of folded pairs."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = []
+    for parent in module.modules():
+        kids = list(parent.named_children())
+        for (n1, c1), (n2, c2) in zip(kids, kids[1:], strict=False):
+            if (isinstance(c1, nn.Conv2d) and isinstance(c2, nn.BatchNorm2d) and c2.track_running_stats
+                    and c2.num_features == c1.out_channels):
+                pairs.append((parent, n1, c1, n2, c2))
+    if not pairs:
+        return 0
+    module.eval()
+    original = copy.deepcopy(module)
+    for parent, n1, conv, n2, bn in pairs:
+        setattr(parent, n1, fuse_conv_bn_eval(conv, bn))
+        setattr(parent, n2, nn.Identity())
+    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref, got = original.float()(x), module.float()(x)
+    if not torch.allclose(ref, got, atol=atol, rtol=1e-3):
+        for parent, n1, conv, n2, bn in pairs:
+            setattr(parent, n1, conv)
+            setattr(parent, n2, bn)
+        logger.warning("batch-norm folding changed the outputs; the model runs unfolded")
+        return 0
+    return len(pairs)
+
+
 def _logit_column(out: torch.Tensor) -> torch.Tensor:
     if out.ndim == 2 and out.shape[1] == 2:  # two-class head: log-odds of class 1
         return out[:, 1] - out[:, 0]
@@ -199,7 +235,8 @@ class FastImageEngine:
         cuda_graphs: bool = True,
         compile: bool = False,
         channels_last: bool = True,
-        ring: int = 3,
+        fold_bn: bool = True,
+        ring: int = 4,
         policy: ImagePolicy | None = None,
     ) -> None:
         self.device = torch.device(device)
@@ -220,6 +257,7 @@ class FastImageEngine:
         module = backbone.module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
+        self.folded_bn = fold_batchnorm(module, backbone.input_size) if fold_bn else 0
         cl = channels_last and self.is_cuda
         head = _ProbHead(module, backbone.mean, backbone.std, dtype, cl).to(self.device)
         head.module.to(dtype)
@@ -237,6 +275,7 @@ class FastImageEngine:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="roadminer-jpeg")
         self.rates = _DecoderRates(cpu=2500.0 * threads)
         self.small_batch_gpu = True  # decided at warm-up from measured single-image latency
+        self.split_large = True  # large batches shared with the CPU decoders; warm-up keeps it if faster
         self._lock = threading.Lock()
         self.stream = torch.cuda.Stream(self.device) if self.is_cuda else None
         pin = self.is_cuda
@@ -272,7 +311,7 @@ class FastImageEngine:
         mode = self.decode_mode
         if mode == "auto":
             small = n if self.small_batch_gpu else 0
-            n_gpu = small if n < 8 else round(n * self.rates.gpu_share())
+            n_gpu = small if n < 8 else (round(n * self.rates.gpu_share()) if self.split_large else n)
         else:
             n_gpu = n if mode == "gpu" else 0
         if n_gpu and not all(r[:2] == b"\xff\xd8" for r in raws[:n_gpu]):
@@ -395,8 +434,9 @@ class FastImageEngine:
                 out.append(clip_prob(probs.astype(np.float64)))
         return np.concatenate(out)
 
-    def stream_b64(self, batches: Iterable[Sequence[str | bytes]], depth: int = 2) -> Iterator[np.ndarray]:
-        """Pipelined: host work of batch k+1 overlaps the device work of batch k."""
+    def stream_b64(self, batches: Iterable[Sequence[str | bytes]], depth: int = 3) -> Iterator[np.ndarray]:
+        """Pipelined: host work of batch k+1 overlaps the device work of batch k (``depth`` < ring)."""
+        depth = max(1, min(depth, self._ring - 1))
         pending: deque[Pending] = deque()
         for batch in batches:
             pending.append(self.submit_bytes([b64_to_bytes(s) for s in batch]))
@@ -426,10 +466,33 @@ class FastImageEngine:
             self.small_batch_gpu = times[True] <= times[False]
             for _ in range(3):  # settle the decoder-rate estimate on full batches
                 self.predict_bytes([raw] * self.max_batch)
+            # Keep the CPU decoders on large batches only where they add throughput (GIL contention
+            # can make them cost more than they bring).
+            rates = {}
+            for split in (True, False):
+                self.split_large = split
+                rates[split] = self._decode_rate([raw] * self.max_batch)
+            self.split_large = rates[True] > rates[False]
+            self.decode_rates_at_warmup = {"split": rates[True], "gpu_only": rates[False]}
         self.warm = True
         logger.info("fast engine warm in {:.1f}s (device {}, {}, graphs {}, decode {}, {} CPU decoders)",
                     time.perf_counter() - t0, self.device, self.precision, sorted(self._graphs),
                     self.decode_mode, self.decode_threads)
+
+    def _decode_rate(self, raws: Sequence[bytes], rounds: int = 4) -> float:
+        """Images per second of the decode stage alone (bytes -> NHWC uint8 on the device)."""
+        with self._lock:
+            ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+            with ctx:
+                self._to_device(raws, self._stage[0])
+                if self.is_cuda:
+                    torch.cuda.synchronize(self.device)
+                t = time.perf_counter()
+                for _ in range(rounds):
+                    self._to_device(raws, self._stage[0])
+                    if self.is_cuda:
+                        torch.cuda.current_stream(self.device).synchronize()
+                return rounds * len(raws) / (time.perf_counter() - t)
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "precision": self.precision, "decode": self.decode_mode,
@@ -437,6 +500,9 @@ class FastImageEngine:
                 "max_batch": self.max_batch,
                 "gpu_decode_share": round(self.rates.gpu_share(), 3) if self.decode_mode == "auto" else None,
                 "small_batch_gpu_decode": self.small_batch_gpu if self.decode_mode == "auto" else None,
+                "large_batch_split": self.split_large if self.decode_mode == "auto" else None,
+                "decode_rates_at_warmup": getattr(self, "decode_rates_at_warmup", None),
+                "folded_batchnorm": self.folded_bn,
                 "model": self.name}
 
     def close(self) -> None:

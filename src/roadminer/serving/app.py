@@ -5,6 +5,11 @@ One ``MinerBackend`` (batcher + model, chain view, nonce store, guards, colour f
 every hotkey the process serves; ``build_app`` makes one aiohttp app per hotkey/port over it.
 Requests never see an exception: every failure maps to a status and a caller-safe message, and a model
 that is late or failing is replaced by the colour-cue answer before the request deadline.
+
+The backend also carries the state layer (``roadminer.state.layer.StateLayer``, shared with the nonce
+store): a result cache keyed by image sha256 and model version is consulted before the model, and every
+answer is recorded (sessions, history, hard-example queue) after the reply is on its way. The main
+hotkey's app serves the dashboard at ``/dashboard/``.
 """
 
 from __future__ import annotations
@@ -28,11 +33,22 @@ from roadminer.cascade.tiers import ImageBatch, Tier, clip_prob
 from roadminer.chain.base import ChainView
 from roadminer.config import Settings
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, b64decode_image, decode_rgb
-from roadminer.metrics import INFLIGHT, REQUEST_LATENCY, REQUESTS, TIER_EXITS, render
+from roadminer.metrics import (
+    CHAIN_CONSENSUS,
+    CHAIN_EMISSION,
+    CHAIN_INCENTIVE,
+    CHAIN_TRUST,
+    INFLIGHT,
+    REQUEST_LATENCY,
+    REQUESTS,
+    TIER_EXITS,
+    render,
+)
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner
-from roadminer.serving.batcher import MicroBatcher
+from roadminer.serving.batcher import MicroBatcher, predictor_version
 from roadminer.serving.guards import Guards, Refusal, check_content_length
+from roadminer.state.layer import RequestInfo, StateLayer
 from roadminer.state.nonce import NonceStore
 
 # Time kept back from the request deadline to compute and send the fallback answer.
@@ -40,6 +56,12 @@ FALLBACK_RESERVE_S = 0.3
 # Margin under the caller's own timeout (the Dendrite gives up at exactly ``timeout``).
 CALLER_TIMEOUT_MARGIN_S = 0.5
 NO_ANSWER_PROB = 0.5 - 1e-3  # leans "no roadwork" on the validator's rounding tie
+# Longest a result-cache look-up may take out of the model's budget (a slow Redis must not cost the answer).
+CACHE_LOOKUP_MAX_S = 0.25
+# Background writes (cache puts) kept in flight at most; more are dropped rather than queued.
+MAX_BACKGROUND = 1000
+# Exit-tier label of answers served from the result cache.
+CACHE_TIER = "cache"
 
 
 def _sha256(b: bytes) -> str:
@@ -58,6 +80,9 @@ class Prediction:
     prob: float
     tier: str
     fallback: bool = False
+    cached: bool = False
+    tier_probs: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""
 
 
 @dataclass
@@ -71,10 +96,12 @@ class MinerBackend:
     guards: Guards
     fallback: Tier | None = None
     policy: ImagePolicy = field(default_factory=ImagePolicy)
+    state: StateLayer | None = None
     started_at: float = field(default_factory=time.time)
     _decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="roadminer-decode")
     )
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
     def build(
@@ -86,19 +113,30 @@ class MinerBackend:
         nonces: NonceStore | None = None,
         guards: Guards | None = None,
         fallback: Tier | None = None,
+        state: StateLayer | None = None,
     ) -> MinerBackend:
+        """``state``: the miner's state layer (result cache, sessions, queue); its store also keeps the
+        nonces unless ``nonces`` is given. Without it the backend answers statelessly."""
         if fallback is None:
             from roadminer.models.colour import ColourCueTier
 
             fallback = ColourCueTier(name="colour-fallback")
+        if nonces is None:
+            ttl = btauth_nonce_ttl(settings)
+            nonces = (
+                NonceStore(state.store, btauth_ttl_s=ttl)
+                if state is not None
+                else NonceStore.from_config(settings.state, btauth_ttl_s=ttl)
+            )
         return cls(
             settings=settings,
             batcher=batcher,
             chain=chain,
-            nonces=nonces or NonceStore.from_config(settings.state, btauth_ttl_s=btauth_nonce_ttl(settings)),
+            nonces=nonces,
             guards=guards or Guards.build(chain, settings.guards),
             fallback=fallback,
             policy=ImagePolicy.from_config(settings.images),
+            state=state,
         )
 
     async def decode(self, image_b64: str) -> tuple[np.ndarray, bytes]:
@@ -107,12 +145,91 @@ class MinerBackend:
         rgb = await loop.run_in_executor(self._decode_pool, decode_rgb, raw, self.policy)
         return rgb, raw
 
-    async def predict(self, rgb: np.ndarray, raw: bytes, budget_s: float) -> Prediction:
-        """The cascade's answer if it comes within ``budget_s``, else the colour fallback's."""
+    def model_version(self) -> str:
+        return predictor_version(self.batcher.predictor)
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self.state is not None and self.settings.state.result_cache_ttl_s > 0
+
+    async def cache_get(self, key: str, timeout_s: float) -> Prediction | None:
+        """The cached answer of this image under the model serving now (None: miss, off or too slow)."""
+        if not self.cache_enabled or timeout_s <= 0:
+            return None
+        assert self.state is not None
+        version = self.model_version()
+        try:
+            hit = await asyncio.wait_for(self.state.cache.get(key, version), timeout_s)
+        except Exception as e:  # a cache outage costs the look-up, never the answer
+            logger.debug("result cache look-up failed: {!r}", e)
+            return None
+        if hit is None:
+            return None
+        return Prediction(float(clip_prob(hit.prob)), hit.tier, cached=True, model_version=hit.model_version)
+
+    def cache_put_soon(self, key: str, pred: Prediction) -> None:
+        """Store a model answer in the background (under the version of the model that gave it)."""
+        if not self.cache_enabled or pred.fallback or pred.cached or pred.tier.startswith("fallback"):
+            return
+        if len(self._background) >= MAX_BACKGROUND:
+            return
+        assert self.state is not None
+        task = asyncio.get_running_loop().create_task(
+            self.state.cache.put(key, pred.model_version or self.model_version(), pred.prob, pred.tier)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("result cache write failed: {!r}", task.exception())
+
+    def observe(
+        self, caller: str | None, raw: bytes, key: str, pred: Prediction, t0: float, protocol: str
+    ) -> None:
+        """Record an answered request in the state layer (scheduled; never delays or fails the reply)."""
+        if self.state is None:
+            return
+        try:
+            self.state.observe_soon(
+                RequestInfo(
+                    validator=caller or "anonymous",
+                    image_hash=key,
+                    payload=raw,
+                    latency_ms=(time.perf_counter() - t0) * 1000,
+                    protocol=protocol,
+                    label=None,
+                ),
+                pred,
+                pred.tier_probs,
+            )
+        except Exception as e:
+            logger.opt(exception=e).warning("could not record the request in the state layer")
+
+    async def predict(
+        self, rgb: np.ndarray, raw: bytes, budget_s: float, key: str | None = None
+    ) -> Prediction:
+        """The cached answer, else the cascade's if it comes within ``budget_s``, else the colour
+        fallback's. ``key``: sha256 hex of ``raw`` (computed when missing)."""
+        key = key or _sha256(raw)
+        if budget_s > 0.01:
+            t_start = time.perf_counter()
+            hit = await self.cache_get(key, min(CACHE_LOOKUP_MAX_S, budget_s * 0.25))
+            if hit is not None:
+                return hit
+            budget_s -= time.perf_counter() - t_start
         if budget_s > 0.01:
             try:
-                ans = await asyncio.wait_for(self.batcher.submit(rgb, raw, _sha256(raw)), budget_s)
-                return Prediction(float(clip_prob(ans.prob)), ans.tier)
+                ans = await asyncio.wait_for(self.batcher.submit(rgb, raw, key), budget_s)
+                pred = Prediction(
+                    float(clip_prob(ans.prob)),
+                    ans.tier,
+                    tier_probs=dict(ans.tier_probs),
+                    model_version=ans.model_version,
+                )
+                self.cache_put_soon(key, pred)
+                return pred
             except TimeoutError:
                 logger.warning(
                     "model missed the {:.2f}s budget; answering with the colour fallback", budget_s
@@ -143,10 +260,25 @@ class MinerBackend:
     def model_info(self) -> dict[str, Any]:
         pred = self.batcher.predictor
         tiers = pred.describe() if hasattr(pred, "describe") else []
-        version = getattr(pred, "version", type(pred).__name__)
-        return {"tiers": tiers, "model_version": version}
+        return {"tiers": tiers, "model_version": predictor_version(pred)}
+
+    def state_info(self) -> dict[str, Any] | None:
+        st = self.state
+        if st is None:
+            return None
+        describe = getattr(st.store, "describe", None)
+        return {
+            "backend": describe() if describe else type(st.store).__name__,
+            "observed": st.observed,
+            "queued": st.queued,
+            "errors": st.errors,
+            "dropped": st.dropped,
+            "result_cache": self.cache_enabled,
+        }
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=2.0)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -231,8 +363,9 @@ class MinerRoutes:
                 rgb, raw = await self.b.decode(req.image)
             except ImageDecodeError as e:
                 raise sn72.SynapseError(413 if "exceeds" in str(e) else 400, f"Bad image: {e}") from None
-            pred = await self.b.predict(rgb, raw, self.b.deadline_budget(t0, synapse.timeout))
-            TIER_EXITS.labels(tier=pred.tier).inc()
+            key = _sha256(raw)
+            pred = await self.b.predict(rgb, raw, self.b.deadline_budget(t0, synapse.timeout), key)
+            TIER_EXITS.labels(tier=CACHE_TIER if pred.cached else pred.tier).inc()
             sn72.fill_axon(
                 synapse,
                 hotkey=self.hotkey,
@@ -245,6 +378,7 @@ class MinerRoutes:
             )
             synapse.testnet_label = req.testnet_label
             status, headers, out = sn72.success_response(synapse, pred.prob)
+            self.b.observe(hotkey, raw, key, pred, t0, "sn72")
         except sn72.SynapseError as e:
             status, headers, out = self._sn72_error(synapse, e.status, e.message, t0)
         except Exception as e:  # never a trace to the caller
@@ -323,8 +457,9 @@ class MinerRoutes:
                 rgb, raw = await self.b.decode(req.image)
             except ImageDecodeError as e:
                 raise btauth.BtAuthError(413 if "exceeds" in str(e) else 400, "bad_image", str(e)) from None
-            pred = await self.b.predict(rgb, raw, self.b.deadline_budget(t0, None))
-            TIER_EXITS.labels(tier=pred.tier).inc()
+            key = _sha256(raw)
+            pred = await self.b.predict(rgb, raw, self.b.deadline_budget(t0, None), key)
+            TIER_EXITS.labels(tier=CACHE_TIER if pred.cached else pred.tier).inc()
             resp = btauth.RoadworkResponse(
                 prediction=pred.prob,
                 tier=pred.tier,
@@ -333,6 +468,7 @@ class MinerRoutes:
                 request_id=req.request_id,
             )
             status, out = 200, resp.model_dump_json().encode()
+            self.b.observe(sender, raw, key, pred, t0, "btauth")
         except btauth.BtAuthError as e:
             status, out = (
                 e.status,
@@ -376,6 +512,7 @@ class MinerRoutes:
                 "inflight": self.b.guards.shedder.inflight,
                 "chain": self.b.chain.describe(),
                 "nonce_store": self.b.nonces.describe(),
+                "state": self.b.state_info(),
                 "routes": [sn72.ROUTE, self.b.settings.server.btauth_route],
             }
         )
@@ -396,10 +533,12 @@ def build_app(
     signer: HotkeySigner | None = None,
     *,
     port: int | None = None,
+    dashboard: bool = False,
     **backend_kwargs: Any,
 ) -> web.Application:
     """The aiohttp app of one hotkey. ``backend`` is a shared ``MinerBackend`` or, for a single-hotkey
-    app, the batcher (the backend is then built from ``chain`` and ``backend_kwargs``)."""
+    app, the batcher (the backend is then built from ``chain`` and ``backend_kwargs``). ``dashboard``
+    mounts the dashboard at ``/dashboard/`` over the backend's state layer (when it has one)."""
     if signer is None:
         raise ValueError("build_app needs the hotkey signer")
     if isinstance(backend, MicroBatcher):
@@ -418,6 +557,10 @@ def build_app(
     app.router.add_post(settings.server.btauth_route, routes.roadwork)
     app.router.add_get("/health", routes.health)
     app.router.add_get("/metrics", routes.metrics)
+    if dashboard and backend.state is not None:
+        from roadminer.dashboard.app import mount_dashboard
+
+        mount_dashboard(app, backend.state, settings)
     app.router.add_post("/{name}", routes.unknown_synapse)
     return app
 
@@ -436,6 +579,9 @@ class RunningMiner:
     ports: list[int]
     signers: list[HotkeySigner]
     _owned: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    state: StateLayer | None = None
+    watcher: Any = None  # roadminer.learning.reload.ModelWatcher when following the registry
+    chain_metrics: ChainMetricsRecorder | None = None
 
     @property
     def url(self) -> str:
@@ -471,6 +617,79 @@ def build_predictor(settings: Settings) -> Any:
     return router
 
 
+async def note_model_event(state: StateLayer | None, version: str, event: str, **info: Any) -> None:
+    """Add a model event to the dashboard's timeline; never raises, never waits long."""
+    if state is None:
+        return
+    from roadminer.dashboard.data import record_model_event
+
+    try:
+        await asyncio.wait_for(record_model_event(state.store, version, event, **info), 2.0)
+    except Exception as e:
+        logger.warning("could not record model event {} {}: {!r}", event, version, e)
+
+
+class ChainMetricsRecorder:
+    """Every ``interval_s``: this miner's incentive/trust/consensus/emission (and each validator's weight
+    for it) from the chain view into the state history and the on-chain gauges. Failures are logged."""
+
+    def __init__(self, chain: ChainView, state: StateLayer | None, hotkey: str, interval_s: float) -> None:
+        self.chain = chain
+        self.state = state
+        self.hotkey = hotkey
+        self.interval_s = interval_s
+        self.recorded = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def record_once(self) -> bool:
+        """True when the chain knows this hotkey and the numbers were recorded."""
+        from roadminer.state.history import ChainSnapshot as HistorySnapshot
+
+        me = self.chain.self_info(self.hotkey)
+        if me is None:
+            return False
+        CHAIN_INCENTIVE.set(me.incentive)
+        CHAIN_TRUST.set(me.trust)
+        CHAIN_CONSENSUS.set(me.consensus)
+        CHAIN_EMISSION.set(me.emission)
+        weights: dict[str, float] = {}
+        for v_uid, w in self.chain.weights_for(me.uid).items():
+            v = self.chain.by_uid(v_uid)
+            if v is not None:
+                weights[v.hotkey] = float(w)
+        if self.state is not None:
+            await self.state.rewards.record_chain(
+                HistorySnapshot(
+                    incentive=me.incentive,
+                    trust=me.trust,
+                    emission=me.emission,
+                    consensus=me.consensus,
+                    weights=weights,
+                )
+            )
+        self.recorded += 1
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.record_once()
+            except Exception as e:  # the miner outlives any chain or state hiccup
+                logger.warning("recording chain metrics failed: {!r}", e)
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        if self._task is None and self.interval_s > 0:
+            self._task = asyncio.create_task(self._run(), name="chain-metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
 async def start_miner(
     settings: Settings,
     *,
@@ -478,10 +697,13 @@ async def start_miner(
     chain: ChainView | None = None,
     signers: list[tuple[int, HotkeySigner]] | None = None,
     nonces: NonceStore | None = None,
+    state: StateLayer | None = None,
 ) -> RunningMiner:
     """Start the miner's apps (one per hotkey/port; port 0 picks a free one) over one shared backend.
 
-    Injected ``predictor``/``chain``/``signers``/``nonces`` replace what the settings would build.
+    Injected ``predictor``/``chain``/``signers``/``nonces``/``state`` replace what the settings would
+    build (injected ones are not closed by ``stop``). Without an injected predictor the GPU memory plan is
+    checked first (``PlanError`` on an over-committed GPU) and the model registry is followed live.
     """
     from roadminer.chain.base import build_chain
     from roadminer.metrics import MODEL_INFO
@@ -489,8 +711,15 @@ async def start_miner(
     owned: list[Callable[[], Awaitable[None]]] = []
     runners: list[web.AppRunner] = []
     try:
-        signers = signers if signers is not None else load_signers(settings)
         follow_registry = predictor is None
+        if follow_registry:
+            from roadminer.ops.planner import check_plan
+
+            check_plan(settings)  # before any model is loaded
+        signers = signers if signers is not None else load_signers(settings)
+        if state is None:
+            state = StateLayer.from_config(settings.state)
+            owned.append(state.close)
         if predictor is None:
             loop = asyncio.get_running_loop()
             predictor = await loop.run_in_executor(None, build_predictor, settings)
@@ -498,29 +727,40 @@ async def start_miner(
         batcher = MicroBatcher(predictor, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms, workers=b.workers)
         await batcher.start()
         owned.append(batcher.stop)
+        watcher = None
         if follow_registry:  # serve what `roadminer promote` put in the registry, and follow it live
             from roadminer.learning.reload import attach_hot_reload
 
-            watcher = await attach_hot_reload(settings, batcher)
+            layer = state
+
+            async def on_swap(version: str, generation: int) -> None:
+                await note_model_event(layer, version, "loaded", source="hot-reload", generation=generation)
+
+            watcher = await attach_hot_reload(settings, batcher, on_swap=on_swap)
             if watcher is not None:
                 owned.append(watcher.stop)
+        if watcher is None or watcher.swaps == 0:
+            await note_model_event(state, predictor_version(batcher.predictor), "loaded", source="start")
         if chain is None:
             chain = build_chain(settings)
             await chain.start()
             owned.append(chain.stop)
-        if nonces is None:
-            nonces = NonceStore.from_config(settings.state, btauth_ttl_s=btauth_nonce_ttl(settings))
-            owned.append(nonces.close)
-        backend = MinerBackend.build(settings, batcher, chain, nonces=nonces)
+        if nonces is None:  # the state layer's store keeps the nonces (shared across workers on Redis)
+            nonces = NonceStore(state.store, btauth_ttl_s=btauth_nonce_ttl(settings))
+        backend = MinerBackend.build(settings, batcher, chain, nonces=nonces, state=state)
         owned.append(backend.close)
         info = backend.model_info()
         MODEL_INFO.info({"version": str(info["model_version"]), "roadminer": __version__})
+        recorder = ChainMetricsRecorder(chain, state, signers[0][1].ss58_address, settings.chain.metrics_interval_s)
+        recorder.start()
+        owned.append(recorder.stop)
         host = settings.server.host
         urls, ports = [], []
-        for port, signer in signers:
-            runner = web.AppRunner(
-                build_app(settings, backend, signer=signer, port=port), access_log=None, handle_signals=False
+        for i, (port, signer) in enumerate(signers):
+            app = build_app(
+                settings, backend, signer=signer, port=port, dashboard=i == 0 and settings.dashboard.on_miner
             )
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             runners.append(runner)
             site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -545,6 +785,9 @@ async def start_miner(
             ports,
             [s for _, s in signers],
             owned,
+            state=state,
+            watcher=watcher,
+            chain_metrics=recorder,
         )
     except BaseException:
         for r in runners:

@@ -7,15 +7,15 @@ import asyncio
 import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 from loguru import logger
 
 from roadminer.cascade.router import CascadeResult
 from roadminer.cascade.tiers import ImageBatch
-from roadminer.metrics import BATCH_SIZE, BATCHER_DEPTH, MODEL_LATENCY
+from roadminer.metrics import BATCH_SIZE, BATCHER_DEPTH, MODEL_LATENCY, TIER_ERRORS
 
 
 class Predictor(Protocol):
@@ -29,6 +29,26 @@ class Answer:
     batch_size: int
     queue_ms: float
     model_ms: float
+    # Each tier's own probability for this image; tiers that did not run (early exit, failure) are absent.
+    tier_probs: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""  # version of the predictor that answered (result-cache key)
+
+
+def predictor_version(predictor: Any) -> str:
+    return str(getattr(predictor, "version", type(predictor).__name__))
+
+
+def answer_tier_probs(result: CascadeResult, i: int) -> dict[str, float]:
+    """Tier probabilities of image ``i``, skipping NaN (the tier did not answer for it)."""
+    out: dict[str, float] = {}
+    for name, probs in result.tier_probs.items():
+        try:
+            v = float(probs[i])
+        except (IndexError, TypeError, ValueError):
+            continue
+        if np.isfinite(v):
+            out[name] = v
+    return out
 
 
 @dataclass
@@ -111,14 +131,19 @@ class MicroBatcher:
             except Exception as e:  # the router already shields tier failures; this is a last resort
                 logger.opt(exception=e).error("batch of {} failed", len(items))
                 n = len(items)
-                result = CascadeResult(prob=np.full(n, 0.5 - 1e-3), exit_tier=["fallback"] * n)
+                result = CascadeResult(prob=np.full(n, 0.5 - 1e-3), exit_tier=["fallback"] * n,
+                                       errors=[f"cascade: {type(e).__name__}"])
             model_ms = (time.perf_counter() - t0) * 1000
             self.batches += 1
             self.items += len(items)
             BATCH_SIZE.observe(len(items))
             MODEL_LATENCY.observe(model_ms / 1000)
             BATCHER_DEPTH.set(self._queue.qsize())
+            for err in result.errors:  # "tier: what" per failing tier (the router answered from earlier tiers)
+                TIER_ERRORS.labels(tier=err.partition(":")[0].strip() or "unknown").inc()
+            version = predictor_version(predictor)
             for i, it in enumerate(items):
                 if not it.future.done():
                     it.future.set_result(Answer(float(result.prob[i]), result.exit_tier[i], len(items),
-                                                (t0 - it.enqueued) * 1000, model_ms))
+                                                (t0 - it.enqueued) * 1000, model_ms,
+                                                answer_tier_probs(result, i), version))

@@ -82,7 +82,13 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(cfg_file, overrides)
         if settings.logging.file or settings.logging.json_logs:
             setup_logging(settings.logging.level, settings.logging.file, settings.logging.json_logs)
-        asyncio.run(serve(settings))
+        from roadminer.ops.planner import PlanError
+
+        try:
+            asyncio.run(serve(settings))
+        except PlanError as e:  # an over-committed GPU: say why, start nothing
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
 
 
 def main() -> None:
