@@ -563,7 +563,7 @@ def _fit_hwc(img: np.ndarray, size: int) -> np.ndarray:
     """HxWx3 uint8 -> size x size x 3 (antialiased bilinear when the size differs)."""
     if img.shape[0] == size and img.shape[1] == size:
         return np.require(img, np.uint8, ["C", "W"])
-    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+    t = torch.from_numpy(np.require(img, np.uint8, ["C", "W"])).permute(2, 0, 1).unsqueeze(0)
     return _resize_uint8(t, size)[0].permute(1, 2, 0).contiguous().numpy()
 
 

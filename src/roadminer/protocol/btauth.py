@@ -103,6 +103,8 @@ async def verify_request(
         )
     except http_auth.AuthError as e:
         raise BtAuthError(401, type(e).__name__, str(e)) from None
+    except UnicodeError:  # header bytes that are not UTF-8 cannot be part of a signed payload
+        raise BtAuthError(401, "MalformedAuth", "auth headers or path are not valid UTF-8") from None
     if not await nonce_store.check_and_store(caller.hotkey_ss58, caller.nonce_ns):
         raise BtAuthError(401, "ReplayedRequest", "this nonce was already accepted from this hotkey")
     return str(caller.hotkey_ss58)
