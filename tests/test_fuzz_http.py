@@ -46,12 +46,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedMiner]:
         server={"max_body_bytes": 512 * 1024},
         images={"max_encoded_bytes": 256 * 1024},
     )
+    start = FUZZ_COUNTS.copy()
     m = ThreadedMiner(settings)
     m.errors_before = internal_errors()  # type: ignore[attr-defined]
     m.rss_before = rss_mb()  # type: ignore[attr-defined]
     yield m
     m.stop()
-    print(f"\n[fuzz http] requests: {dict(FUZZ_COUNTS)}")
+    print(f"\n[fuzz http] requests: {dict(FUZZ_COUNTS - start)}")
 
 
 def _answer_ok(status: int, data: object, where: str) -> None:

@@ -44,8 +44,9 @@ values = st.one_of(
 
 @pytest.fixture(scope="module", autouse=True)
 def _report() -> Iterator[None]:
+    start = FUZZ_COUNTS.copy()
     yield
-    print(f"\n[fuzz protocol] examples: {dict(FUZZ_COUNTS)}")
+    print(f"\n[fuzz protocol] examples: {dict(FUZZ_COUNTS - start)}")
 
 
 def _run(coro):  # type: ignore[no-untyped-def]

@@ -180,7 +180,7 @@ async def test_load_above_saturation_sheds_low_stake_first(tmp_path: Path) -> No
         top = [s for s, _ in VALIDATORS[:4]]  # the four highest stakes
         low = [s for s, _ in VALIDATORS[-12:]]  # the twelve lowest
         clients = [("high_stake", top[i % 4]) for i in range(12)] + [("low_stake", low[i % 12]) for i in range(60)]
-        stats = await _drive(miner, clients, max_requests=4000, max_seconds=12, backoff_503_s=0.02)
+        stats = await _drive(miner, clients, max_requests=20_000, max_seconds=8, backoff_503_s=0.05)
         s = stats.summary()
         hi, lo = stats.by_class["high_stake"], stats.by_class["low_stake"]
         hi_ok = hi[200] / max(sum(hi.values()), 1)

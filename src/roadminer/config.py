@@ -140,6 +140,7 @@ class TrainConfig(BaseModel):
     levels: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
     real_flip_share: float = 0.25  # share of level>=1 views with the validator's real flips (else no-flip bug)
     source_power: float = 0.5  # per-source sampling share ~ count**power within each label
+    copy_paste_p: float = 0.0  # share of negative draws that get boxed cones/signs pasted in (label -> 1)
     calib_frac: float = 0.15  # grouped hold-out for temperature/threshold; 0 = no hold-out
     device: str = "auto"
     workers: int = 2

@@ -199,6 +199,9 @@ def header_cases() -> dict[str, dict[str, Any]]:
         "version_not_int": {"set": {d + "version": _b("9.12.2")}, "expect": BAD},
         "port_text": {"set": {"bt_header_axon_port": _b("http")}, "expect": BAD},
         "hotkey_non_utf8": {"set": {d + "hotkey": _b(b"\xff\xfe5Grw")}, "expect": [400, 403]},
+        # found by test_fuzz_http: an echoed header with non-UTF-8 bytes made the reply fail (500)
+        "axon_ip_non_utf8": {"set": {"bt_header_axon_ip": _b(b"\x80")}, "expect": BAD},
+        "dendrite_ip_latin1": {"set": {d + "ip": _b("caf\u00e9".encode("latin-1"))}, "expect": BAD},
         "hotkey_missing": {"delete": [d + "hotkey"], "expect": [401, 403]},
         "hotkey_of_other_validator": {"set": {d + "hotkey": _b(HOTKEY_BOB)}, "expect": [401]},
         "signature_missing": {"delete": [d + "signature"], "expect": [401]},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,16 +13,17 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
-        device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available)"),
-        out: Path | None = typer.Option(None, "--out", help="write the full results as JSON"),
-        quick: bool = typer.Option(False, "--quick", help="fewer batch sizes, images and requests"),
-        batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="comma list, e.g. 1,8,64,256"),
-        seconds: float = typer.Option(2.0, "--seconds", help="measuring time per batch size"),
-        baseline_images: int = typer.Option(100, "--baseline-images", help="images through the baseline"),
-        http_requests: int = typer.Option(400, "--http-requests", help="requests per concurrency level"),
-        skip: str = typer.Option("", "--skip", help="comma list of parts to skip: fast,http,baseline,decode"),
-        cpu_variants: str = typer.Option("torch,onnx,onnx-int8", "--cpu-variants",
-                                         help="CPU engines to compare: torch,onnx,onnx-int8"),
+        device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when available)")] = "auto",
+        out: Annotated[Path | None, typer.Option("--out", help="write the full results as JSON")] = None,
+        quick: Annotated[bool, typer.Option("--quick", help="fewer batch sizes, images and requests")] = False,
+        batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="comma list, e.g. 1,8,64,256")] = None,
+        seconds: Annotated[float, typer.Option("--seconds", help="measuring time per batch size")] = 2.0,
+        baseline_images: Annotated[int, typer.Option("--baseline-images", help="images through the baseline")] = 100,
+        http_requests: Annotated[int, typer.Option("--http-requests", help="requests per concurrency level")] = 400,
+        skip: Annotated[str, typer.Option("--skip", help="parts to skip, comma list: fast,http,baseline,decode")] = "",
+        cpu_variants: Annotated[str, typer.Option("--cpu-variants", help="CPU engines: torch,onnx,onnx-int8")] = (
+            "torch,onnx,onnx-int8"
+        ),
     ) -> None:
         """Benchmark the fast path against the reference miner's ViT pipeline (same device, same run)."""
         from rich.console import Console

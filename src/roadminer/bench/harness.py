@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,7 +73,8 @@ def synthetic_jpegs(n: int, size: int = 224, seed: int = 0, quality: int = 75) -
     out = []
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
     for _ in range(n):
-        img = np.outer(ramp, np.ones(size, np.float32))[..., None] * rng.uniform(40, 255, 3).astype(np.float32)
+        tint = rng.uniform(40, 255, 3).astype(np.float32)
+        img = np.outer(ramp, np.ones(size, np.float32))[..., None] * tint
         img += rng.normal(0, 12, (size, size, 3)).astype(np.float32)
         for _ in range(int(rng.integers(3, 9))):
             y, x = rng.integers(0, size - 24, 2)
@@ -85,6 +86,13 @@ def synthetic_jpegs(n: int, size: int = 224, seed: int = 0, quality: int = 75) -
 
 def challenge_b64(n: int, seed: int = 0) -> list[str]:
     return [to_b64(r) for r in synthetic_jpegs(n, seed=seed)]
+
+
+def unique_variant(raw: bytes, tag: int) -> bytes:
+    """The same JPEG with a comment segment holding ``tag``: identical pixels, a different payload hash,
+    so that a result cache keyed by the payload cannot answer a benchmark request."""
+    payload = f"roadminer-bench {tag}".encode()
+    return raw[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + raw[2:]
 
 
 def _pct(xs: Sequence[float], q: float) -> float:
@@ -142,16 +150,8 @@ def measure_engine(engine: Any, b64: Sequence[str], batch_sizes: Sequence[int], 
             engine.predict_b64(batches[k % len(batches)])
             lat.append(time.perf_counter() - t)
         images = 0
-        n_batches = 0
         t0 = time.perf_counter()
-
-        def gen():
-            nonlocal n_batches
-            while n_batches < 3 or time.perf_counter() - t0 < seconds:
-                yield batches[n_batches % len(batches)]
-                n_batches += 1
-
-        for out in engine.stream_b64(gen()):
+        for out in engine.stream_b64(_timed_batches(batches, seconds, t0)):
             images += len(out)
         dt = time.perf_counter() - t0
         row = {"batch": bs, "img_per_s": images / dt, "images": images, "seconds": dt,
@@ -160,6 +160,13 @@ def measure_engine(engine: Any, b64: Sequence[str], batch_sizes: Sequence[int], 
         if progress:
             progress(f"batch {bs}: {row['img_per_s']:.0f} img/s, {row['batch_ms_p50']:.2f} ms/batch")
     return rows
+
+
+def _timed_batches(batches: Sequence[list[str]], seconds: float, t0: float) -> Iterator[list[str]]:
+    k = 0
+    while k < 3 or time.perf_counter() - t0 < seconds:
+        yield batches[k % len(batches)]
+        k += 1
 
 
 def measure_decode(engine: Any, raws: Sequence[bytes], batch: int, seconds: float) -> dict[str, Any]:
@@ -277,7 +284,8 @@ class _ServerThread:
         self.thread.join(10)
 
 
-def _local_server(tier_options: dict[str, Any], tier_kind: str, max_batch: int, port: int) -> Callable[[], Any]:
+def _local_server(tier_options: dict[str, Any], tier_kind: str, max_batch: int, port: int
+                  ) -> Callable[[], Any]:
     """Minimal loopback server (aiohttp + MicroBatcher + the fast tier) for builds without the miner app."""
 
     async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
@@ -341,7 +349,8 @@ def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], po
         overrides = {
             "server.host": "127.0.0.1", "server.port": port, "guards.allow_unregistered": True,
             "guards.require_validator_permit": False, "guards.min_stake": 0.0,
-            "guards.rate_limit_per_minute": 10**9, "guards.rate_limit_burst": 10**9, "guards.max_inflight": 4096,
+            "guards.rate_limit_per_minute": 10**9, "guards.rate_limit_burst": 10**9,
+            "guards.max_inflight": 4096,
             "state.backend": "memory", "device": device, "batcher.max_wait_ms": 0.5,
             "cascade.tiers": [{"name": "fast", "kind": tier_kind, "options": tier_options}],
         }
@@ -357,7 +366,8 @@ def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], po
             if inspect.isawaitable(r):
                 await r
 
-        info = {"server": "roadminer.serving.app.start_miner", "signed": True, "axon_hotkey": handle.hotkeys[0]}
+        info = {"server": "roadminer.serving.app.start_miner", "signed": True,
+                "axon_hotkey": handle.hotkeys[0]}
         return f"http://127.0.0.1:{port}", info, stop_cb
 
     return start
@@ -393,7 +403,8 @@ def _signed_request_factory(url: str, axon_hotkey: str | None) -> Callable[[], R
 
 
 async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
-                     clients: Callable[[], RequestBuilder] | None) -> dict[str, Any]:
+                     clients: Callable[[], RequestBuilder] | None, offset: int = 0) -> dict[str, Any]:
+    """``n`` requests from ``concurrency`` clients; request i sends ``b64[offset + i]``."""
     import aiohttp
 
     lat: list[float] = []
@@ -405,7 +416,7 @@ async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
             nonlocal errors
             build = clients() if clients is not None else None
             for i in counter:
-                img = b64[i % len(b64)]
+                img = b64[(offset + i) % len(b64)]
                 if build is not None:
                     target, headers, body = build(img)
                 else:
@@ -421,7 +432,7 @@ async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
                 errors += not ok
 
         # a few warm-up requests (connections, first batches)
-        warm = [b64[i % len(b64)] for i in range(min(8, n))]
+        warm = [b64[(offset + n + i) % len(b64)] for i in range(min(8, n))]
         build = clients() if clients is not None else None
         for img in warm:
             target, headers, body = build(img) if build else (url + "/ImageSynapse", {}, {"image": img})
@@ -431,7 +442,8 @@ async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         dt = time.perf_counter() - t0
     return {"concurrency": concurrency, "requests": n, "errors": errors, "req_per_s": n / dt,
-            "ms_p50": _pct(lat, 50) * 1000, "ms_p99": _pct(lat, 99) * 1000, "ms_mean": float(np.mean(lat)) * 1000}
+            "ms_p50": _pct(lat, 50) * 1000, "ms_p99": _pct(lat, 99) * 1000,
+            "ms_mean": float(np.mean(lat)) * 1000}
 
 
 def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64: Sequence[str],
@@ -440,12 +452,26 @@ def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64:
     start = _project_miner(device, tier_kind, tier_options, port)
     used_project = start is not None
     result: dict[str, Any] = {}
+    import base64
+
+    raws = [base64.b64decode(s) for s in b64]
+    counts = [max(n, 4 * c) for c in concurrency]
+    offsets = [sum(counts[:k]) + 8 * k for k in range(len(counts))]
+    total = sum(counts) + 8 * len(counts)
+    b64 = [to_b64(unique_variant(raws[i % len(raws)], i)) for i in range(total)]  # no cache hits
+
+    def levels(clients: Callable[[], RequestBuilder] | None, url: str) -> list[dict[str, Any]]:
+        return [asyncio.run(_http_load(url, b64, c, k, clients, off))
+                for c, k, off in zip(concurrency, counts, offsets, strict=True)]
+
     try:
         with _ServerThread(start or _local_server(tier_options, tier_kind, max_batch, port)) as srv:
             result.update(srv.info)
-            clients = _signed_request_factory(srv.url, srv.info.get("axon_hotkey")) if srv.info.get("signed") else None
+            clients = None
+            if srv.info.get("signed"):
+                clients = _signed_request_factory(srv.url, srv.info.get("axon_hotkey"))
             result["signed"] = clients is not None
-            result["levels"] = [asyncio.run(_http_load(srv.url, b64, c, max(n, 4 * c), clients)) for c in concurrency]
+            result["levels"] = levels(clients, srv.url)
     except Exception as e:
         if not used_project:
             raise
@@ -453,7 +479,7 @@ def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64:
         result = {"project_app_error": f"{type(e).__name__}: {e}"}
         with _ServerThread(_local_server(tier_options, tier_kind, max_batch, _free_port())) as srv:
             result.update(srv.info)
-            result["levels"] = [asyncio.run(_http_load(srv.url, b64, c, max(n, 4 * c), None)) for c in concurrency]
+            result["levels"] = levels(None, srv.url)
     return result
 
 
@@ -552,8 +578,8 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Ben
                                                       "rows": rows, "max_abs_diff_vs_first": None}
         if cfg.device == "cuda" and "decode" not in cfg.skip and "gpu-fp16-graph" in engines:
             say("decode-only rates (batch 256)")
-            res.decode = measure_decode(engines["gpu-fp16-graph"], raws, min(256, max(cfg.batch_sizes or (256,))),
-                                        cfg.seconds)
+            big = min(256, max(cfg.batch_sizes or (256,)))
+            res.decode = measure_decode(engines["gpu-fp16-graph"], raws, big, cfg.seconds)
     for eng in engines.values():
         eng.close()
     engines.clear()
@@ -571,7 +597,8 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Ben
         say(f"reference-style baseline ({cfg.baseline_images} images, one at a time)")
         res.baseline = measure_baseline(cfg.device, b64, cfg.baseline_images)
         say(f"baseline: {res.baseline['img_per_s']:.1f} img/s")
-    summary: dict[str, Any] = {"device": cfg.device, "fast_best_variant": best_name, "fast_best_img_per_s": best_rate}
+    summary: dict[str, Any] = {"device": cfg.device, "fast_best_variant": best_name,
+                               "fast_best_img_per_s": best_rate}
     if res.baseline and best_rate:
         summary["baseline_img_per_s"] = res.baseline["img_per_s"]
         summary["speedup_vs_baseline"] = best_rate / res.baseline["img_per_s"]
@@ -609,7 +636,8 @@ def render(res: BenchResult) -> Any:
         for c in ("batch", "img/s", "batch p50 ms", "batch p99 ms"):
             t.add_column(c, justify="right")
         for r in v["rows"]:
-            t.add_row(str(r["batch"]), f"{r['img_per_s']:,.0f}", f"{r['batch_ms_p50']:.2f}", f"{r['batch_ms_p99']:.2f}")
+            t.add_row(str(r["batch"]), f"{r['img_per_s']:,.0f}", f"{r['batch_ms_p50']:.2f}",
+                      f"{r['batch_ms_p99']:.2f}")
         parts.append(t)
     if res.decode:
         t = Table(title=f"decode only / model only, batch {res.decode['batch']} (img/s)")
@@ -622,8 +650,8 @@ def render(res: BenchResult) -> Any:
         for c in ("concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors"):
             t.add_column(c, justify="right")
         for lv in res.http["levels"]:
-            t.add_row(str(lv["concurrency"]), str(lv["requests"]), f"{lv['req_per_s']:,.0f}", f"{lv['ms_p50']:.2f}",
-                      f"{lv['ms_p99']:.2f}", str(lv["errors"]))
+            t.add_row(str(lv["concurrency"]), str(lv["requests"]), f"{lv['req_per_s']:,.0f}",
+                      f"{lv['ms_p50']:.2f}", f"{lv['ms_p99']:.2f}", str(lv["errors"]))
         parts.append(t)
     t = Table(title="summary")
     t.add_column("metric")
@@ -640,3 +668,36 @@ def render(res: BenchResult) -> Any:
         t.add_row("baseline p50 ms", f"{res.baseline['ms_p50']:.1f}")
     parts.append(t)
     return Group(*parts)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The result JSON as Markdown tables (for docs/benchmarks.md)."""
+    lines: list[str] = []
+    for name, v in res.get("fast", {}).items():
+        lines += [f"**fast tier `{name}`** (base64 → prob)", "", "| batch | img/s | batch p50 ms | batch p99 ms |",
+                  "|---:|---:|---:|---:|"]
+        lines += [f"| {r['batch']} | {r['img_per_s']:,.0f} | {r['batch_ms_p50']:.2f} | {r['batch_ms_p99']:.2f} |"
+                  for r in v["rows"]]
+        lines.append("")
+    dec = res.get("decode")
+    if dec:
+        keys = list(dec["img_per_s"])
+        lines += [f"**decode only / model only, batch {dec['batch']}** (img/s)", "",
+                  "| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys),
+                  "| " + " | ".join(f"{dec['img_per_s'][k]:,.0f}" for k in keys) + " |", ""]
+    http = res.get("http")
+    if http:
+        lines += [f"**loopback HTTP** ({http.get('server')}, signed: {http.get('signed')})", "",
+                  "| concurrency | requests | req/s | p50 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {lv['concurrency']} | {lv['requests']} | {lv['req_per_s']:,.0f} | {lv['ms_p50']:.2f} | "
+                  f"{lv['ms_p99']:.2f} | {lv['errors']} |" for lv in http["levels"]]
+        lines.append("")
+    base = res.get("baseline")
+    s = res.get("summary", {})
+    if base:
+        lines += [f"**baseline**: {base['model']} on {base['device']}: {base['img_per_s']:.1f} img/s "
+                  f"(p50 {base['ms_p50']:.1f} ms per image, {base['images']} images)", ""]
+    if "speedup_vs_baseline" in s:
+        lines += [f"**ratio**: best fast tier `{s['fast_best_variant']}` {s['fast_best_img_per_s']:,.0f} img/s "
+                  f"/ baseline {s['baseline_img_per_s']:.1f} img/s = **{s['speedup_vs_baseline']:.0f}×**", ""]
+    return "\n".join(lines)

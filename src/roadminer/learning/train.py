@@ -46,6 +46,8 @@ class ViewDataset(Dataset):
         train: bool,
         real_flip_share: float = 0.25,
         fixed_level: int | None = None,
+        bank: Any = None,
+        copy_paste_p: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.prep = prep
@@ -54,6 +56,8 @@ class ViewDataset(Dataset):
         self.train = train
         self.real_flip_share = real_flip_share
         self.fixed_level = fixed_level
+        self.bank = bank
+        self.copy_paste_p = copy_paste_p
         self._draws = 0
 
     def __len__(self) -> int:
@@ -68,7 +72,12 @@ class ViewDataset(Dataset):
             rng = np.random.default_rng([self.seed, i, wid, self._draws, int(torch.initial_seed() % 2**31)])
             level = int(rng.choice(self.levels))
             real = bool(rng.random() < self.real_flip_share)
-            view = validator_view(s.read_pil(), level, rng, real_flips=real, hflip=not real)
+            img = s.read_pil()
+            label = s.label
+            if label == 0 and self.bank is not None and len(self.bank) and rng.random() < self.copy_paste_p:
+                img, label = self.bank.paste(img, rng), 1
+            view = validator_view(img, level, rng, real_flips=real, hflip=not real)
+            return to_tensor([view], self.prep)[0], torch.tensor(float(label))
         else:
             level = self.fixed_level if self.fixed_level is not None else self.levels[0]
             rng = np.random.default_rng([self.seed, i, level])
@@ -83,9 +92,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _loader(
-    ds: Dataset, batch_size: int, workers: int, sampler: Any = None, shuffle: bool = False
-) -> DataLoader:
+def _loader(ds: Dataset, batch_size: int, workers: int, sampler: Any = None, shuffle: bool = False) -> DataLoader:
     return DataLoader(
         ds,
         batch_size=batch_size,
@@ -137,9 +144,7 @@ def predict_logits(
 def _apply_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    targets = [
-        n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and "head" not in n
-    ]
+    targets = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and "head" not in n]
     targets = sorted({n.split(".")[-1] for n in targets})
     lcfg = LoraConfig(
         r=cfg.lora_rank,
@@ -180,7 +185,22 @@ def fit_model(samples: Sequence[Sample], cfg: TrainConfig, progress: bool = True
         replacement=True,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    ds = ViewDataset(samples, prep, cfg.levels, cfg.seed, train=True, real_flip_share=cfg.real_flip_share)
+    bank = None
+    if cfg.copy_paste_p > 0:
+        from roadminer.learning.copy_paste import ObjectBank
+
+        bank = ObjectBank.from_samples(samples)
+        logger.info("copy-paste: {} cut-outs, p={}", len(bank), cfg.copy_paste_p)
+    ds = ViewDataset(
+        samples,
+        prep,
+        cfg.levels,
+        cfg.seed,
+        train=True,
+        real_flip_share=cfg.real_flip_share,
+        bank=bank,
+        copy_paste_p=cfg.copy_paste_p,
+    )
     loader = _loader(ds, cfg.batch_size, cfg.workers, sampler=sampler)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -225,9 +245,7 @@ def fit_model(samples: Sequence[Sample], cfg: TrainConfig, progress: bool = True
             run_loss += float(loss.detach()) * len(y)
             run_n += len(y)
             if (step + 1) % max(1, total_steps // cfg.epochs) == 0 or step + 1 == total_steps:
-                history.append(
-                    {"step": step + 1, "loss": run_loss / max(1, run_n), "lr": sched.get_last_lr()[0]}
-                )
+                history.append({"step": step + 1, "loss": run_loss / max(1, run_n), "lr": sched.get_last_lr()[0]})
                 bar.update(task, info=f"loss {run_loss / max(1, run_n):.4f}")
                 run_loss, run_n = 0.0, 0
             bar.advance(task)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import math
 import os
 import threading
@@ -127,7 +128,7 @@ def fold_batchnorm(module: nn.Module, input_size: int = 224, atol: float = 1e-3)
     pairs = []
     for parent in module.modules():
         kids = list(parent.named_children())
-        for (n1, c1), (n2, c2) in zip(kids, kids[1:], strict=False):
+        for (n1, c1), (n2, c2) in itertools.pairwise(kids):
             if (isinstance(c1, nn.Conv2d) and isinstance(c2, nn.BatchNorm2d) and c2.track_running_stats
                     and c2.num_features == c1.out_channels):
                 pairs.append((parent, n1, c1, n2, c2))

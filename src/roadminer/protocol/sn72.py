@@ -150,12 +150,22 @@ def parse_headers(headers: Mapping[str, str]) -> ImageSynapse:
     axon: dict[str, str] = {}
     dendrite: dict[str, str] = {}
     top: dict[str, str] = {}
+    top_names = (HEADER_NAME, HEADER_TIMEOUT, HEADER_SIZE, HEADER_TOTAL_SIZE, HEADER_BODY_HASH)
     for key, value in _header_items(headers):
+        if key.startswith((AXON_PREFIX, DENDRITE_PREFIX)) or key in top_names:
+            try:
+                value.encode("utf-8")  # non-UTF-8 bytes arrive as surrogate escapes; they are echoed back
+            except UnicodeEncodeError:
+                raise SynapseError(
+                    400,
+                    "Improperly formatted request: header "
+                    f"{key.encode('utf-8', 'backslashreplace').decode()} is not valid UTF-8",
+                ) from None
         if key.startswith(AXON_PREFIX):
             axon[key[len(AXON_PREFIX) :]] = value
         elif key.startswith(DENDRITE_PREFIX):
             dendrite[key[len(DENDRITE_PREFIX) :]] = value
-        elif key in (HEADER_NAME, HEADER_TIMEOUT, HEADER_SIZE, HEADER_TOTAL_SIZE, HEADER_BODY_HASH):
+        elif key in top_names:
             top[key] = value
     known = set(TerminalInfo.model_fields)
     parts: dict[str, TerminalInfo] = {}

@@ -720,6 +720,9 @@ async def start_miner(
         if state is None:
             state = StateLayer.from_config(settings.state)
             owned.append(state.close)
+            start_monitor = getattr(state.store, "start_monitor", None)
+            if start_monitor is not None:  # Redis with fallback: reconnect even when no request comes
+                start_monitor()
         if predictor is None:
             loop = asyncio.get_running_loop()
             predictor = await loop.run_in_executor(None, build_predictor, settings)

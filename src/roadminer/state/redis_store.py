@@ -12,9 +12,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roadminer.state.store import StateError, StateStore, StreamEntry
 
+# Integers are compared exactly (Lua numbers are doubles: nanosecond nonces would differ only past
+# 2^53 and compare equal), as decimal strings when both are non-negative.
 _SET_IF_GREATER = """
 local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+if cur then
+  local a, b = cur, ARGV[1]
+  local ge
+  if string.sub(a, 1, 1) ~= '-' and string.sub(b, 1, 1) ~= '-' then
+    ge = (#a > #b) or (#a == #b and a >= b)
+  else
+    ge = tonumber(a) >= tonumber(b)
+  end
+  if ge then return 0 end
+end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else

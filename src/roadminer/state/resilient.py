@@ -58,23 +58,28 @@ class ResilientStore(StateStore):
         async with self._recover_lock:
             if self.up:
                 return
-            data = self.fallback.drain()
-            try:
-                await _replay(self.primary, data)
-            except StateError as e:
-                # Hand-back failed half-way: keep the rest in memory (duplicates are harmless, queue
-                # consumers de-duplicate by image hash).
-                await _replay(self.fallback, data)
-                self._mark_down(e)
-                return
+            keys = entries = 0
+            # Requests keep writing to the fallback while the hand-back awaits Redis: drain again until
+            # it is empty, then switch over with no await in between (nothing is stranded in memory).
+            while True:
+                data = self.fallback.drain()
+                try:
+                    await _replay(self.primary, data)
+                except StateError as e:
+                    # Hand-back failed half-way: keep the rest in memory (duplicates are harmless, queue
+                    # consumers de-duplicate by image hash).
+                    await _replay(self.fallback, data)
+                    self._mark_down(e)
+                    return
+                keys += len(data["kv"])
+                entries += sum(len(v[0]) for v in data["streams"].values())
+                if self.fallback.is_empty():
+                    break
             self.up = True
             self._backoff = self.min_backoff_s
             STATE_BACKEND_UP.labels(backend=self.backend).set(1)
             logger.info(
-                "state backend {} is back; handed back {} keys, {} stream entries",
-                self.backend,
-                len(data["kv"]),
-                sum(len(v[0]) for v in data["streams"].values()),
+                "state backend {} is back; handed back {} keys, {} stream entries", self.backend, keys, entries
             )
 
     async def _call(self, op: Callable[[StateStore], Awaitable[T]]) -> T:
