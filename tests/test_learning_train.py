@@ -55,8 +55,9 @@ def test_fine_tune_from_checkpoint_with_extra_dirs(trained: Path, scenes: Path, 
     extra = tmp_path / "hard"
     write_scene_folder(extra, 2, seed=9, size=(160, 120))
     cfg = TrainConfig(epochs=1, samples_per_epoch=16, batch_size=16, workers=0, calib_frac=0.0)
-    card = train(scenes, tmp_path / "ft", cfg, extra_dirs=[extra], init_checkpoint=trained / "model.safetensors",
-                 progress=False)
+    card = train(
+        scenes, tmp_path / "ft", cfg, extra_dirs=[extra], init_checkpoint=trained / "model.safetensors", progress=False
+    )
     assert card["data"]["n"] == 36 and card["train_config"]["init_checkpoint"].endswith("model.safetensors")
     assert card["calibration"]["temperature"] == 1.0
 
@@ -67,13 +68,28 @@ def test_eval_command_runs_configured_cascade(trained: Path, scenes: Path, tmp_p
     cfg = tmp_path / "cascade.yaml"
     cfg.write_text(
         "cascade:\n  tiers:\n"
-        f"    - {{name: clf, kind: classifier, exit_confidence: 0.5, options: {{weights: '{trained}/model.safetensors'}}}}\n"
+        "    - {name: clf, kind: classifier, exit_confidence: 0.5, "
+        f"options: {{weights: '{trained}/model.safetensors'}}}}\n"
         "    - {name: colour, kind: colour}\n"
     )
     out = tmp_path / "eval.json"
     res = CliRunner().invoke(
-        app, ["eval", "--images", str(scenes), "--levels", "0,3", "--seed", "5", "--config", str(cfg),
-              "--out", str(out), "--limit", "12"]
+        app,
+        [
+            "eval",
+            "--images",
+            str(scenes),
+            "--levels",
+            "0,3",
+            "--seed",
+            "5",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--limit",
+            "12",
+        ],
     )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())

@@ -160,14 +160,23 @@ class TierConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+def _default_tiers() -> list[TierConfig]:
+    # The shipped classifier (assets/models/roadwork_classifier.*, loads offline) answers every image
+    # (exit_confidence 0.5); the colour cue runs only where the classifier fails.
+    return [
+        TierConfig(name="classifier", kind="classifier", exit_confidence=0.5,
+                   options={"weights": "roadwork_classifier.safetensors"}),
+        TierConfig(name="colour", kind="colour", exit_confidence=None),
+    ]
+
+
 class CascadeConfig(BaseModel):
-    tiers: list[TierConfig] = Field(
-        default_factory=lambda: [TierConfig(name="colour", kind="colour", exit_confidence=None)]
-    )
+    tiers: list[TierConfig] = Field(default_factory=_default_tiers)
     # Decision threshold on the calibrated probability (validator rounds: 0.5 -> "no roadwork").
-    threshold: float = 0.5
-    temperature: float = 1.0
-    bias: float = 0.0
+    # Defaults: the shipped classifier's out-of-fold calibration (roadwork_classifier.card.json).
+    threshold: float = 0.66
+    temperature: float = 1.2041
+    bias: float = 0.1035
     # VLM tiers (kinds vlm_vllm / vlm_hf) run only when this is on (``--cascade.vlm true`` or
     # ROADMINER_CASCADE__VLM=1); off by default so the cascade runs offline.
     vlm: bool = False

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
+
+from roadminer.aio import cancel_and_wait
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,8 @@ class ChainView(ABC):
             self._task = asyncio.create_task(self._loop(), name=f"chain-sync-{self.network}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from roadminer.aio import cancel_and_wait
 from roadminer.state.history import NO_VALIDATOR
 from roadminer.state.layer import StateLayer
 from roadminer.state.store import StateStore, dumps
@@ -224,11 +225,8 @@ class QueueSampler:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 __all__ = [

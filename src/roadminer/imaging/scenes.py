@@ -52,6 +52,16 @@ class _Scene:
         cx = self.vx + (self.bottom_cx - self.vx) * s
         return cx + u * self.half_bottom * s
 
+    def band(self, u: float) -> list[tuple[float, float]]:
+        """Polygon of the strip between lateral positions -u and +u, from the horizon to the bottom."""
+        top, h = self.horizon, self.h
+        return [
+            (self.road_x(top, -u), top),
+            (self.road_x(h, -u), h),
+            (self.road_x(h, u), h),
+            (self.road_x(top, u), top),
+        ]
+
 
 def _sky(img: Image.Image, sc: _Scene) -> None:
     rng = sc.rng
@@ -109,25 +119,9 @@ def _road(d: ImageDraw.ImageDraw, sc: _Scene) -> None:
     ground = _jitter(rng, (110, 120, 90), 20)
     d.rectangle([0, sc.horizon, sc.w, h], fill=ground)
     walk = _jitter(rng, (175, 170, 165), 12)
-    d.polygon(
-        [
-            (sc.road_x(sc.horizon, -1.35), sc.horizon),
-            (sc.road_x(h, -1.35), h),
-            (sc.road_x(h, 1.35), h),
-            (sc.road_x(sc.horizon, 1.35), sc.horizon),
-        ],
-        fill=walk,
-    )
+    d.polygon(sc.band(1.35), fill=walk)
     asphalt = _jitter(rng, (85, 85, 88), 15)
-    d.polygon(
-        [
-            (sc.road_x(sc.horizon, -1), sc.horizon),
-            (sc.road_x(h, -1), h),
-            (sc.road_x(h, 1), h),
-            (sc.road_x(sc.horizon, 1), sc.horizon),
-        ],
-        fill=asphalt,
-    )
+    d.polygon(sc.band(1), fill=asphalt)
     # Edge lines and dashed lane dividers in perspective.
     for u in (-0.95, 0.95):
         d.line(
@@ -281,23 +275,24 @@ def draw_scene(
 
     # Collect depth-sorted props so that near objects are drawn over far ones.
     props: list[tuple[float, str, float, float, float]] = []
+
+    def put(kind: str, u: float, near: float, far: float, gain: float = 1.4) -> None:
+        x, y, s = _place(sc, u, near, far, gain)
+        props.append((y, kind, x, y, s))
+
     autumn = bool(rng.random() < (0.3 if not roadwork else 0.15))
     for _ in range(int(rng.integers(2, 7))):
         side = rng.choice([-1.0, 1.0])
-        x, y, s = _place(sc, side * rng.uniform(1.45, 2.4), 0.05, 0.7, gain=2.5)
-        props.append((y, "tree", x, y, s))
+        put("tree", side * rng.uniform(1.45, 2.4), 0.05, 0.7, gain=2.5)
     for _ in range(int(rng.integers(0, 4))):
         lane = int(rng.integers(0, sc.lanes))
         u = -1 + (2 * lane + 1) / sc.lanes
-        x, y, s = _place(sc, u, 0.05, 0.75, gain=1.0)
-        props.append((y, "car", x, y, s))
+        put("car", u, 0.05, 0.75, gain=1.0)
     if not roadwork:
         if rng.random() < 0.5:
-            x, y, s = _place(sc, rng.choice([-1.2, 1.2]), 0.2, 0.8)
-            props.append((y, "stop", x, y, s))
+            put("stop", rng.choice([-1.2, 1.2]), 0.2, 0.8)
         if rng.random() < 0.4:
-            x, y, s = _place(sc, float(rng.uniform(-0.6, 0.6)), 0.3, 0.9)
-            props.append((y, "orange_car", x, y, s))
+            put("orange_car", float(rng.uniform(-0.6, 0.6)), 0.3, 0.9)
     else:
         cues = ["cones", "drums", "barrier", "sign", "worker", "taper"]
         k = int(rng.integers(1, 4))
@@ -305,8 +300,7 @@ def draw_scene(
         side = float(rng.choice([-1.0, 1.0]))
         if "cones" in chosen:
             for _ in range(int(rng.integers(2, 7))):
-                x, y, s = _place(sc, side * rng.uniform(0.3, 1.0), 0.15, 0.95)
-                props.append((y, "cone", x, y, s))
+                put("cone", side * rng.uniform(0.3, 1.0), 0.15, 0.95)
         if "taper" in chosen:  # a diagonal line of cones closing a lane
             n = int(rng.integers(4, 9))
             d0, d1 = rng.uniform(0.15, 0.4), rng.uniform(0.6, 0.95)
@@ -318,19 +312,15 @@ def draw_scene(
                 props.append((y, "cone", sc.road_x(y, u), y, 1.4 * depth * sc.w / 512))
         if "drums" in chosen:
             for _ in range(int(rng.integers(2, 6))):
-                x, y, s = _place(sc, side * rng.uniform(0.4, 1.05), 0.15, 0.9)
-                props.append((y, "drum", x, y, s))
+                put("drum", side * rng.uniform(0.4, 1.05), 0.15, 0.9)
         if "barrier" in chosen:
             for _ in range(int(rng.integers(1, 3))):
-                x, y, s = _place(sc, side * rng.uniform(0.2, 0.9), 0.2, 0.95)
-                props.append((y, "barrier", x, y, s))
+                put("barrier", side * rng.uniform(0.2, 0.9), 0.2, 0.95)
         if "sign" in chosen:
-            x, y, s = _place(sc, side * rng.uniform(1.1, 1.3), 0.25, 0.85)
-            props.append((y, "sign", x, y, s))
+            put("sign", side * rng.uniform(1.1, 1.3), 0.25, 0.85)
         if "worker" in chosen:
             for _ in range(int(rng.integers(1, 4))):
-                x, y, s = _place(sc, side * rng.uniform(0.5, 1.2), 0.2, 0.9)
-                props.append((y, "worker", x, y, s))
+                put("worker", side * rng.uniform(0.5, 1.2), 0.2, 0.9)
     car_colours: list[Color] = [(200, 200, 205), (30, 30, 35), (40, 70, 150), (150, 150, 150), (190, 30, 30)]
     for _, kind, x, y, s in sorted(props, key=lambda p: p[0]):
         if kind == "tree":

@@ -87,7 +87,8 @@ def render_markdown(card: dict[str, Any], notes: str = "") -> str:
         f"Training: {tc.get('epochs')} epochs x {tc.get('samples_per_epoch')} class-balanced draws "
         f"(source share ~ count^{tc.get('source_power')}), batch {tc.get('batch_size')}, AdamW lr {tc.get('lr')}, "
         f"label smoothing {tc.get('label_smoothing')}; every image is a validator-parity view "
-        f"(levels {tc.get('levels')}, then JPEG q75 at 224), {tc.get('train_seconds', card.get('train_seconds'))} s.",
+        f"(levels {tc.get('levels')}, then JPEG q75 at 224); copy-paste share {tc.get('copy_paste_p')}; "
+        f"{card.get('train_seconds')} s on one GPU.",
     ]
     cv = card.get("grouped_cv")
     if cv:
@@ -101,6 +102,15 @@ def render_markdown(card: dict[str, Any], notes: str = "") -> str:
             "",
         ]
         lines += cv_table(cv, card.get("colour_baseline_cv"))
+    cvc = card.get("grouped_cv_calibrated")
+    if cvc:
+        lines += [
+            "",
+            "The same out-of-fold predictions after the calibration above (temperature, bias and threshold, as "
+            "the cascade applies them; fitted on these same out-of-fold logits, so slightly optimistic):",
+            "",
+        ]
+        lines += cv_table(cvc, card.get("colour_baseline_cv"))
     if notes:
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"

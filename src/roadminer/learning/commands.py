@@ -79,7 +79,8 @@ def register(app: typer.Typer) -> None:
             ("workers", workers),
             ("seed", seed),
         ):
-            overrides[f"train.{key}"] = val
+            if val is not None:  # an unset option must not clear a --set value
+                overrides[f"train.{key}"] = val
         settings = load_settings(config, overrides)
         calibration = None
         card_extra = None

@@ -229,9 +229,7 @@ def summarize(samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in sorted(out.items())}
 
 
-def leave_one_out_folds(
-    samples: Sequence[Sample], by: str = "source"
-) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def leave_one_out_folds(samples: Sequence[Sample], by: str = "source") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """``(held_out_value, train_idx, val_idx)`` for each distinct ``by`` value (``source`` or ``group``)."""
     keys = np.array([getattr(s, by) for s in samples])
     for k in sorted(set(keys.tolist())):
@@ -240,9 +238,7 @@ def leave_one_out_folds(
         yield k, train, val
 
 
-def grouped_kfold(
-    samples: Sequence[Sample], k: int = 5, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def grouped_kfold(samples: Sequence[Sample], k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """K folds that never split a ``group``; groups are dealt greedily to balance fold sizes."""
     groups = [s.group for s in samples]
     sizes = Counter(groups)
@@ -261,9 +257,7 @@ def grouped_kfold(
     return [(idx[fold_ids != f], idx[fold_ids == f]) for f in range(k)]
 
 
-def holdout_split(
-    samples: Sequence[Sample], frac: float = 0.15, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(samples: Sequence[Sample], frac: float = 0.15, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A grouped hold-out (for calibration): whole groups, about ``frac`` of the rows, both labels kept."""
     rng = np.random.default_rng(seed)
     by_group: dict[str, list[int]] = defaultdict(list)
@@ -305,3 +299,63 @@ def balanced_weights(samples: Sequence[Sample], source_power: float = 0.5) -> np
             if s.label == label:
                 w[i] = 0.5 * shares[s.source] / total / srcs[s.source]
     return w / w.sum()
+
+
+def export_downsized(
+    src: str | Path,
+    dst: str | Path,
+    short_side: int = 256,
+    quality: int = 78,
+    max_per_source: dict[str, int] | None = None,
+    every_nth: dict[str, int] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a smaller copy of an image-folder dataset (same layout, manifest and YOLO boxes; boxes are
+    normalised so they carry over) for shipping to a training machine. ``max_per_source`` keeps a seeded
+    random subset of a source; ``every_nth`` keeps every n-th file (by name) of a source (video frames)."""
+    import random
+
+    src, dst = Path(src), Path(dst)
+    samples = load_image_folder(src)
+    rng = random.Random(seed)
+    keep: list[Sample] = []
+    by_source: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_source[s.source].append(s)
+    for source, items in sorted(by_source.items()):
+        items = sorted(items, key=lambda s: s.name)
+        if every_nth and source in every_nth:
+            items = items[:: every_nth[source]]
+        if max_per_source and source in max_per_source and len(items) > max_per_source[source]:
+            items = sorted(rng.sample(items, max_per_source[source]), key=lambda s: s.name)
+        keep.extend(items)
+    rows = []
+    total = 0
+    for s in keep:
+        sub = POSITIVE if s.label else NEGATIVE
+        out = dst / "images" / sub / s.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        img = s.read_pil()
+        scale = short_side / min(img.size)
+        if scale < 1:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        img.save(out, "JPEG", quality=quality)
+        total += out.stat().st_size
+        if s.boxes:
+            lab = dst / "labels" / sub / f"{Path(s.name).stem}.txt"
+            lab.parent.mkdir(parents=True, exist_ok=True)
+            lab.write_text("".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in s.boxes))
+        rows.append(
+            {
+                "file": f"images/{sub}/{s.name}",
+                "label": sub,
+                "source": s.source,
+                "group": s.group,
+                "has_boxes": int(s.has_boxes),
+            }
+        )
+    with (dst / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return {"n": len(rows), "bytes": total, "counts": summarize(keep)}

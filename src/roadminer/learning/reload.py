@@ -16,6 +16,7 @@ from typing import Any
 
 from loguru import logger
 
+from roadminer.aio import cancel_and_wait
 from roadminer.learning.registry import ModelRegistry
 
 
@@ -119,11 +120,8 @@ class ModelWatcher:
             self._task = asyncio.create_task(self._loop(), name="model-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for t in list(self._closers):
             t.cancel()
 

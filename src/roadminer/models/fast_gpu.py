@@ -574,20 +574,12 @@ def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
-class FastGpuTier(Tier):
-    """Cascade tier over ``FastImageEngine``: decodes the received JPEG bytes itself (GPU when present)."""
+class EngineTier(Tier):
+    """Cascade tier over an image engine with ``predict_bytes``/``predict_rgb``/``warmup``/``close``/
+    ``describe`` (``FastImageEngine``, ``OnnxCpuEngine``): decodes the received bytes itself when every
+    image has them, else (or when they do not decode) runs on the already-decoded images."""
 
-    version = "fast-1"
-
-    def __init__(self, name: str = "fast", device: str | None = None, **options: Any) -> None:
-        self.name = name
-        engine_keys = {"precision", "max_batch", "decode", "decode_threads", "cuda_graphs", "compile",
-                       "channels_last"}
-        engine_opts = {k: options.pop(k) for k in list(options) if k in engine_keys}
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.backbone = resolve_backbone(options)
-        self.engine = FastImageEngine(self.backbone, device=dev, **engine_opts)
-        self.version = f"fast-1:{self.backbone.name}"
+    engine: Any
 
     def predict(self, batch: ImageBatch) -> TierOutput:
         if batch.payloads and len(batch.payloads) == len(batch) and all(batch.payloads):
@@ -605,6 +597,22 @@ class FastGpuTier(Tier):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.engine.describe()}
+
+
+class FastGpuTier(EngineTier):
+    """Cascade tier over ``FastImageEngine``: decodes the received JPEG bytes itself (GPU when present)."""
+
+    version = "fast-1"
+
+    def __init__(self, name: str = "fast", device: str | None = None, **options: Any) -> None:
+        self.name = name
+        engine_keys = {"precision", "max_batch", "decode", "decode_threads", "cuda_graphs", "compile",
+                       "channels_last"}
+        engine_opts = {k: options.pop(k) for k in list(options) if k in engine_keys}
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.backbone = resolve_backbone(options)
+        self.engine = FastImageEngine(self.backbone, device=dev, **engine_opts)
+        self.version = f"fast-1:{self.backbone.name}"
 
 
 @register_tier("fast_gpu")

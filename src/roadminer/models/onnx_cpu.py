@@ -22,9 +22,16 @@ import numpy as np
 import torch
 from loguru import logger
 
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, clip_prob, register_tier
-from roadminer.imaging.decode import ImageDecodeError, ImagePolicy
-from roadminer.models.fast_gpu import Backbone, _ProbHead, b64_to_bytes, decode_into, resolve_backbone
+from roadminer.cascade.tiers import Tier, clip_prob, register_tier
+from roadminer.imaging.decode import ImagePolicy
+from roadminer.models.fast_gpu import (
+    Backbone,
+    EngineTier,
+    _ProbHead,
+    b64_to_bytes,
+    decode_into,
+    resolve_backbone,
+)
 
 OPSET = 17
 LAYOUT = "nhwc-u8"  # part of the export cache key
@@ -189,7 +196,7 @@ class OnnxCpuEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class OnnxCpuTier(Tier):
+class OnnxCpuTier(EngineTier):
     version = "onnx-1"
 
     def __init__(self, name: str = "onnx", **options: Any) -> None:
@@ -199,23 +206,6 @@ class OnnxCpuTier(Tier):
         self.backbone = resolve_backbone(options)
         self.engine = OnnxCpuEngine(self.backbone, **engine_opts)
         self.version = f"onnx-1:{self.backbone.name}:{'int8' if self.engine.int8 else 'fp32'}"
-
-    def predict(self, batch: ImageBatch) -> TierOutput:
-        if batch.payloads and len(batch.payloads) == len(batch) and all(batch.payloads):
-            try:
-                return TierOutput(prob=self.engine.predict_bytes(batch.payloads))
-            except ImageDecodeError:
-                pass
-        return TierOutput(prob=self.engine.predict_rgb(batch.rgb))
-
-    def warmup(self) -> None:
-        self.engine.warmup()
-
-    def close(self) -> None:
-        self.engine.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.engine.describe()}
 
 
 @register_tier("onnx_cpu")

@@ -29,6 +29,7 @@ from aiohttp import web
 from loguru import logger
 
 from roadminer import __spec_version__, __version__
+from roadminer.aio import cancel_and_wait
 from roadminer.cascade.tiers import ImageBatch, Tier, clip_prob
 from roadminer.chain.base import ChainView
 from roadminer.config import Settings
@@ -683,11 +684,8 @@ class ChainMetricsRecorder:
             self._task = asyncio.create_task(self._run(), name="chain-metrics")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 async def start_miner(

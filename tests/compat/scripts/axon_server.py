@@ -23,21 +23,8 @@ import bittensor.utils.networking as networking
 networking.get_external_ip = lambda: "127.0.0.1"
 
 import bittensor as bt  # noqa: E402
-import pydantic  # noqa: E402
 from bittensor_wallet import Wallet  # noqa: E402
-
-
-class ImageSynapse(bt.Synapse):
-    """The reference subnet's synapse (natix v2.0.4), reproduced field for field."""
-
-    testnet_label: int = -1
-    image: str = pydantic.Field(title="Image", description="A base64 encoded image", default="", frozen=False)
-    prediction: float = pydantic.Field(
-        title="Prediction", description="P(roadwork)", default=-1.0, frozen=False
-    )
-
-    def deserialize(self) -> float:
-        return self.prediction
+from reference_synapse import ImageSynapse  # noqa: E402
 
 
 def _wait_listening(port: int, timeout_s: float = 20.0) -> None:

@@ -18,24 +18,11 @@ import bittensor.utils.networking as networking
 networking.get_external_ip = lambda: "192.0.2.1"
 
 import bittensor as bt  # noqa: E402
-import pydantic  # noqa: E402
 from bittensor.core.chain_data import AxonInfo  # noqa: E402
 from bittensor.core.settings import version_as_int  # noqa: E402
 from bittensor.core.synapse import TerminalInfo  # noqa: E402
 from bittensor_wallet import Keypair  # noqa: E402
-
-
-class ImageSynapse(bt.Synapse):
-    """The reference subnet's synapse (natix v2.0.4), reproduced field for field."""
-
-    testnet_label: int = -1
-    image: str = pydantic.Field(title="Image", description="A base64 encoded image", default="", frozen=False)
-    prediction: float = pydantic.Field(
-        title="Prediction", description="P(roadwork)", default=-1.0, frozen=False
-    )
-
-    def deserialize(self) -> float:
-        return self.prediction
+from reference_synapse import ImageSynapse  # noqa: E402
 
 
 class FixedNonceDendrite(bt.Dendrite):
