@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "roadminer.demo",  # demo (miner + simulator in one command)
     "roadminer.cascade.commands",  # cascade-fit
     "roadminer.learning.loop_commands",  # promote, distill, learn, models
+    "roadminer.learning.detector_commands",  # train-detector
 )
 
 

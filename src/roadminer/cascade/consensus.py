@@ -103,11 +103,16 @@ class ConsensusParams:
 
 
 def fit_stacking(tier_probs: np.ndarray, labels: np.ndarray, tiers: list[str], c: float = 1.0,
-                 exit_confidence: list[float | None] | None = None) -> ConsensusParams:
+                 exit_confidence: list[float | None] | None = None,
+                 class_weight: str | None = None, mcc_threshold: bool = False) -> ConsensusParams:
     """One logistic regression per stage on the logits of tiers ``0..k`` (rows with all answers).
 
     ``tier_probs`` [N, T] from running every tier on a validation split; ``labels`` [N] in {0, 1}.
     L2-regularised (``c`` = inverse strength) so a near-duplicate tier cannot get a wild weight.
+    ``class_weight="balanced"`` fits for a 50/50 prior (what validators send) whatever the split's balance.
+    ``mcc_threshold`` then moves each stage's bias so that 0.5 (the validator's rounding) falls on the
+    threshold that maximises MCC on a 50/50 reweighting (``learning.calibrate.best_threshold``), the same
+    rule as a single classifier's calibration; exits stay symmetric around that decision boundary.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -122,8 +127,14 @@ def fit_stacking(tier_probs: np.ndarray, labels: np.ndarray, tiers: list[str], c
         rows = np.all(np.isfinite(probs[:, :k]), axis=1)
         if len(np.unique(y[rows])) < 2:
             raise ValueError(f"stage {k - 1}: too few complete rows to fit")
-        lr = LogisticRegression(C=c, max_iter=1000)
+        lr = LogisticRegression(C=c, max_iter=1000, class_weight=class_weight)
         lr.fit(logit(probs[rows, :k]), y[rows])
-        stages.append(Stage(weights=lr.coef_[0].tolist(), bias=float(lr.intercept_[0])))
+        stage = Stage(weights=lr.coef_[0].tolist(), bias=float(lr.intercept_[0]))
+        if mcc_threshold:
+            from roadminer.learning.calibrate import best_threshold
+
+            thr = best_threshold(sigmoid(stage.log_odds(probs[rows, :k])), y[rows])
+            stage.bias -= float(logit(thr))
+        stages.append(stage)
     conf = list(exit_confidence) if exit_confidence is not None else [None] * len(tiers)
     return ConsensusParams(tiers=list(tiers), stages=stages, exit_confidence=conf, fitted=True)

@@ -3,7 +3,8 @@
 The thresholds are chosen greedily, earliest tier first: for tier ``k`` the lowest confidence threshold
 (= the most early exits) whose cascade MCC on the calibration split is not below the MCC of running
 every tier (minus an optional tolerance). Works for any number of tiers; the inputs are the answers of
-every tier on every calibration image (``collect_tier_outputs``).
+every tier on every calibration image: from running the tiers (``collect_tier_outputs``) or precomputed,
+e.g. out-of-fold predictions of a grouped cross-validation (``grouped_cv`` scores the whole fit that way).
 """
 
 from __future__ import annotations
@@ -146,14 +147,60 @@ def fit_thresholds(params: ConsensusParams, tier_probs: np.ndarray, labels: np.n
 def fit_cascade(tier_probs: np.ndarray, labels: np.ndarray, tiers: list[str], *, c: float = 1.0,
                 stacking: bool = True, weights: list[float] | None = None, tolerance: float = 0.0,
                 tier_cost: list[float] | None = None, no_exit_on_disagreement: bool = False,
-                force_continue: np.ndarray | None = None) -> tuple[ConsensusParams, FitReport]:
+                force_continue: np.ndarray | None = None,
+                class_weight: str | None = None,
+                mcc_threshold: bool = False) -> tuple[ConsensusParams, FitReport]:
     """Stacking weights (or the given weights) then exit thresholds, on one calibration split."""
     if stacking:
-        params = fit_stacking(tier_probs, labels, tiers, c=c)
+        params = fit_stacking(tier_probs, labels, tiers, c=c, class_weight=class_weight,
+                              mcc_threshold=mcc_threshold)
     else:
         params = ConsensusParams.unfitted(tiers, weights or [1.0] * len(tiers))
     return fit_thresholds(params, tier_probs, labels, tolerance=tolerance, tier_cost=tier_cost,
                           no_exit_on_disagreement=no_exit_on_disagreement, force_continue=force_continue)
+
+
+@dataclass
+class GroupedCV:
+    """Leave-one-group-out scores of the whole cascade fit (stacking + exit thresholds)."""
+
+    prob: np.ndarray  # [N] cascade answer with early exit, from a fit that never saw the row's group
+    prob_all: np.ndarray  # [N] pooled answer of every tier (no early exit), same fits
+    stage_probs: np.ndarray  # [N, T] answer of stage k (tiers 0..k pooled), same fits
+    exit_index: np.ndarray  # [N] tier after which the row left
+    folds: dict[str, Any]  # per held-out group: fitted weights, thresholds and the fit's own report
+
+
+def grouped_cv(tier_probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, tiers: list[str],
+               **fit_kw: Any) -> GroupedCV:
+    """Fit the cascade (``fit_cascade``, same arguments) on all groups but one and replay it on the held-out
+    group, for every group: an honest estimate of the stacked, early-exiting cascade on an unseen group
+    (the answers in ``tier_probs`` should themselves be out-of-fold for the same groups)."""
+    probs = np.asarray(tier_probs, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    groups = np.asarray(groups)
+    n, t = probs.shape
+    out = GroupedCV(prob=np.full(n, np.nan), prob_all=np.full(n, np.nan), stage_probs=np.full((n, t), np.nan),
+                    exit_index=np.full(n, t - 1), folds={})
+    for g in sorted(set(groups.tolist())):
+        va = groups == g
+        params, rep = fit_cascade(probs[~va], y[~va], tiers, **fit_kw)
+        sim = simulate(params, probs[va], no_exit_on_disagreement=fit_kw.get("no_exit_on_disagreement", False))
+        out.prob[va] = sim.prob
+        out.exit_index[va] = sim.exit_index
+        for k in range(t):
+            out.stage_probs[va, k] = params.stage_prob(k, probs[va, : k + 1])
+        out.prob_all[va] = out.stage_probs[va, t - 1]
+        out.folds[str(g)] = {
+            "n_fit": int((~va).sum()),
+            "n_held": int(va.sum()),
+            "stages": [{"weights": s.weights, "bias": s.bias} for s in params.stages],
+            "exit_confidence": params.exit_confidence,
+            "fit_mcc_all_tiers": rep.mcc_all_tiers,
+            "fit_mcc_cascade": rep.mcc_cascade,
+            "fit_exit_rate": rep.exit_rate,
+        }
+    return out
 
 
 def collect_tier_outputs(router: Any, rgb_images: list[np.ndarray], payloads: list[bytes] | None = None,

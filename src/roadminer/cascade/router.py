@@ -138,11 +138,7 @@ class EarlyExitRouter:
         for k, tier in enumerate(self.tiers):
             if active.size == 0:
                 break
-            sub = ImageBatch(
-                rgb=[batch.rgb[i] for i in active],
-                payloads=[batch.payloads[i] for i in active] if batch.payloads else [],
-                keys=[batch.keys[i] for i in active] if batch.keys else [],
-            )
+            sub = batch.subset(active)  # undecoded images stay so until a tier reads them
             t0 = time.perf_counter()
             try:
                 p = np.asarray(tier.predict(sub).prob, dtype=np.float64)

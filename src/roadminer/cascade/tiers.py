@@ -7,7 +7,7 @@ run on the batcher's worker thread, never on the event loop.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,17 +16,69 @@ import numpy as np
 EPS = 1e-4
 
 
-@dataclass
 class ImageBatch:
     """One micro-batch. ``rgb`` holds HxWx3 uint8 arrays (any size); ``payloads`` the encoded bytes as
-    received (a GPU tier may decode these itself); ``keys`` the sha256 of each payload."""
+    received (a GPU tier may decode these itself); ``keys`` the sha256 of each payload.
 
-    rgb: list[np.ndarray]
-    payloads: list[bytes] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
+    Images may be left undecoded (``None`` in ``rgb``, with a ``decoder`` for the payload bytes): reading
+    ``rgb`` or ``image(i)`` decodes them then, once. Tiers that only read ``payloads``
+    (``Tier.needs_rgb = False``) never pay for a decode they do not use; ``subset`` keeps them undecoded.
+    """
+
+    __slots__ = ("_rgb", "decoder", "keys", "payloads")
+
+    def __init__(
+        self,
+        rgb: Sequence[np.ndarray | None] | None = None,
+        payloads: Sequence[bytes] | None = None,
+        keys: Sequence[str] | None = None,
+        decoder: Callable[[bytes], np.ndarray] | None = None,
+    ) -> None:
+        self.payloads: list[bytes] = list(payloads or [])
+        self.keys: list[str] = list(keys or [])
+        self._rgb: list[np.ndarray | None] = list(rgb) if rgb is not None else [None] * len(self.payloads)
+        self.decoder = decoder
 
     def __len__(self) -> int:
-        return len(self.rgb)
+        return len(self._rgb)
+
+    def __repr__(self) -> str:
+        return f"ImageBatch(n={len(self)}, decoded={self.decoded_count})"
+
+    @property
+    def decoded_count(self) -> int:
+        return sum(x is not None for x in self._rgb)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i``, decoded now from its payload if it was not yet (the decoder's errors propagate)."""
+        img = self._rgb[i]
+        if img is None:
+            if self.decoder is None or i >= len(self.payloads) or not self.payloads[i]:
+                raise ValueError(f"image {i} of the batch is neither decoded nor decodable")
+            img = self._rgb[i] = self.decoder(self.payloads[i])
+        return img
+
+    @property
+    def rgb(self) -> list[np.ndarray]:
+        """Every image decoded (undecoded ones are decoded now)."""
+        for i, x in enumerate(self._rgb):
+            if x is None:
+                self.image(i)
+        return self._rgb  # type: ignore[return-value]
+
+    @rgb.setter
+    def rgb(self, images: Sequence[np.ndarray | None]) -> None:
+        self._rgb = list(images)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> ImageBatch:
+        """The images at ``index`` as a new batch, decoded ones shared and undecoded ones left so."""
+        idx = [int(i) for i in index]
+        return ImageBatch(
+            [self._rgb[i] for i in idx],
+            [self.payloads[i] for i in idx] if self.payloads else [],
+            [self.keys[i] for i in idx] if self.keys else [],
+            self.decoder,
+        )
 
 
 @dataclass
@@ -40,6 +92,9 @@ class Tier(ABC):
 
     name: str = "tier"
     version: str = "0"
+    # False: the tier reads only ``batch.payloads`` (decodes them itself), so the server need not decode
+    # images before batching. Tiers that read ``batch.rgb`` keep the default.
+    needs_rgb: bool = True
 
     @abstractmethod
     def predict(self, batch: ImageBatch) -> TierOutput: ...
@@ -75,6 +130,8 @@ _KIND_MODULES: dict[str, str] = {
     "onnx_cpu": "roadminer.models.onnx_cpu",
     "vlm_vllm": "roadminer.models.vlm_vllm",
     "vlm_hf": "roadminer.models.vlm_hf",
+    "yolo": "roadminer.models.detector",
+    "ocr": "roadminer.models.ocr",
 }
 
 
@@ -93,6 +150,18 @@ def _load_builtin_tiers(kind: str | None = None) -> None:
 
     if kind is not None and kind not in _REGISTRY and kind in _KIND_MODULES:
         importlib.import_module(_KIND_MODULES[kind])
+
+
+def needs_decoded_images(predictor: Any) -> bool:
+    """Whether ``predictor`` (a cascade router or a single tier) reads decoded images on its first step:
+    its first tier needs ``rgb``, or the router gates on image content (low-light hold). Later tiers
+    decode lazily what reaches them."""
+    if getattr(predictor, "low_light_below", None) is not None:
+        return True
+    tiers = getattr(predictor, "tiers", None)
+    if tiers:
+        return bool(getattr(tiers[0], "needs_rgb", True))
+    return bool(getattr(predictor, "needs_rgb", True))
 
 
 def clip_prob(p: np.ndarray | float) -> np.ndarray:

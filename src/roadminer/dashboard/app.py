@@ -25,7 +25,7 @@ from roadminer.dashboard.data import DashboardData, QueueSampler
 from roadminer.state.layer import StateLayer
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+WINDOWS = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 MAX_WINDOW_S = 90 * 86400.0
 
 STATE_KEY: web.AppKey[StateLayer] = web.AppKey("dashboard_state", StateLayer)
@@ -162,7 +162,7 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
         f'<a href="?window={k}" class="{"on" if k == window_label else ""}">{k}</a>' for k in WINDOWS
     )
     card_html = "".join(
-        f'<div class="card" data-card="{escape(k)}"><div class="k">{escape(k)}</div>'
+        f'<div class="card{" text" if len(v) > 12 else ""}" data-card="{escape(k)}"><div class="k">{escape(k)}</div>'
         f'<div class="v">{v}</div></div>'
         for k, v in cards
     )

@@ -208,23 +208,31 @@ def timeline_chart(
         f"<title>{escape(title)}</title>",
         f'<rect x="{ML}" y="14" width="{pw}" height="50" class="plot"/>',
     ]
-    active = [
-        e
-        for e in sorted(events, key=lambda e: float(e["t"]))  # type: ignore[arg-type]
-        if str(e.get("event")) in ("loaded", "promoted")
-    ]
+    active: list[Mapping[str, object]] = []
+    for e in sorted(events, key=lambda e: float(e["t"])):  # type: ignore[arg-type]
+        if str(e.get("event")) not in ("loaded", "promoted"):
+            continue
+        # A restart that loads the version already served continues its band (its marker stays).
+        if active and str(active[-1].get("version")) == str(e.get("version")):
+            continue
+        active.append(e)
     for i, ev in enumerate(active):
         start = float(ev["t"])  # type: ignore[arg-type]
         end = float(active[i + 1]["t"]) if i + 1 < len(active) else t1  # type: ignore[arg-type]
         if end < t0:
             continue
         colour = PALETTE[i % len(PALETTE)]
-        ver = escape(str(ev.get("version", "?")))
+        full = str(ev.get("version", "?"))
+        ver = escape(full)
+        width = max(x(end) - x(start), 1)
         out.append(
-            f'<rect class="band" x="{x(start):.1f}" y="20" width="{max(x(end) - x(start), 1):.1f}" '
-            f'height="38" fill="{colour}" data-version="{ver}" data-t="{start:.3f}"/>'
+            f'<rect class="band" x="{x(start):.1f}" y="20" width="{width:.1f}" '
+            f'height="38" fill="{colour}" data-version="{ver}" data-t="{start:.3f}"><title>{ver}</title></rect>'
         )
-        out.append(f'<text class="bandlab" x="{x(start) + 4:.1f}" y="43">{ver}</text>')
+        fits = int((width - 8) / 6.2)  # label characters that fit the band (11 px font)
+        if fits >= 4:
+            label = full if len(full) <= fits else full[: fits - 1] + "…"
+            out.append(f'<text class="bandlab" x="{x(start) + 4:.1f}" y="43">{escape(label)}</text>')
     for ev in events:
         et = float(ev["t"])  # type: ignore[arg-type]
         if not t0 <= et <= t1:

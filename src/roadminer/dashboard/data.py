@@ -77,6 +77,38 @@ def _bucket_mean(points: list[list[float]], t0: float, t1: float, buckets: int) 
     return [[round(t0 + (i + 0.5) * width, 3), float(np.mean(vs))] for i, vs in sorted(sums.items())]
 
 
+def _set_reward_gauges(per_validator: dict[str, dict[str, float]], overall: dict[str, float | None]) -> None:
+    """Prometheus reward/MCC/accuracy gauges from history: outcomes may be recorded by another process
+    (the simulator or a validator writing into the same Redis), so the gauges follow the history."""
+    from roadminer.metrics import ACCURACY, MCC, REWARD
+
+    gauges = {"reward": REWARD, "mcc": MCC, "accuracy": ACCURACY}
+    for v, values in per_validator.items():
+        for name, value in values.items():
+            if name in gauges:
+                gauges[name].labels(validator=v).set(value)
+    for name, value in overall.items():
+        if name in gauges and value is not None:
+            gauges[name].labels(validator="all").set(value)
+
+
+async def refresh_reward_gauges(state: StateLayer) -> None:
+    """Set the gauges from each validator's latest point (see :func:`_set_reward_gauges`)."""
+    per: dict[str, dict[str, float]] = defaultdict(dict)
+    for name in REWARD_SERIES:
+        for v in await state.history.validators(name):
+            if v == NO_VALIDATOR:
+                continue
+            p = await state.history.latest(name, validator=v)
+            if p is not None:
+                per[v][name] = p.value
+    overall = {
+        name: float(np.mean(vals)) if (vals := [m[name] for m in per.values() if name in m]) else None
+        for name in REWARD_SERIES
+    }
+    _set_reward_gauges(per, overall)
+
+
 class DashboardData:
     """Builds the dashboard's JSON snapshot from a :class:`StateLayer`."""
 
@@ -102,6 +134,9 @@ class DashboardData:
             pooled.sort()
             overall[name] = _bucket_mean(pooled, since, now, self.buckets)
             latest[name] = float(np.mean(last)) if last else None
+        _set_reward_gauges(
+            {v: {k: pts[-1][1] for k, pts in m.items() if pts} for v, m in validators.items()}, latest
+        )
         return {"overall": overall, "validators": dict(sorted(validators.items())), "latest": latest}
 
     async def chain(self, since: float, now: float) -> dict[str, Any]:
@@ -208,6 +243,7 @@ class QueueSampler:
         depth = await q.store.stream_len(q.stream)
         QUEUE_DEPTH.set(depth)
         await self.state.history.add(QUEUE_DEPTH_SERIES, float(depth))
+        await refresh_reward_gauges(self.state)
         return depth
 
     async def _run(self) -> None:
@@ -235,4 +271,5 @@ __all__ = [
     "QueueSampler",
     "model_events",
     "record_model_event",
+    "refresh_reward_gauges",
 ]

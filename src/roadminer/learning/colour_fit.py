@@ -41,6 +41,49 @@ def compute_features(
     return np.asarray(feats).reshape(len(levels), len(samples), len(FEATURE_NAMES))
 
 
+def _features_eval_view(args: tuple[Sample, int, int, int]) -> np.ndarray:
+    from roadminer.learning.train import eval_view
+
+    sample, index, level, seed = args
+    return colour_features(np.asarray(eval_view(sample, index, level, seed)))
+
+
+def oof_view_features(
+    samples: Sequence[Sample], levels: Sequence[int], seed: int = 1234, by: str = "source", workers: int = 2
+) -> np.ndarray:
+    """``[len(levels), N, 5]`` colour features on the very views that ``cross_validate`` scores its held-out
+    images on (same folds, same seed), so the colour cue's answers line up with the classifiers' image by
+    image and level by level (for stacking)."""
+    jobs, where = [], []
+    for _, _, va in leave_one_out_folds(samples, by=by):
+        for k, lv in enumerate(levels):
+            for j, i in enumerate(va):
+                jobs.append((samples[i], j, lv, seed))
+                where.append((k, i))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            feats = list(ex.map(_features_eval_view, jobs, chunksize=32))
+    else:
+        feats = [_features_eval_view(j) for j in jobs]
+    out = np.zeros((len(levels), len(samples), len(FEATURE_NAMES)))
+    for (k, i), f in zip(where, feats, strict=True):
+        out[k, i] = f
+    return out
+
+
+def colour_loso_oof(samples: Sequence[Sample], feats: np.ndarray) -> np.ndarray:
+    """Leave-one-source-out probabilities ``[levels, N]`` of the colour cue from features ``[levels, N, 5]``."""
+    n_lv = feats.shape[0]
+    y = np.array([s.label for s in samples])
+    w = balanced_weights(samples)
+    oof = np.zeros((n_lv, len(samples)))
+    for held, tr, va in leave_one_out_folds(samples, by="source"):
+        spec = _fit(feats[:, tr].reshape(-1, feats.shape[2]), np.tile(y[tr], n_lv), np.tile(w[tr], n_lv))
+        oof[:, va] = _predict(spec, feats[:, va])
+        logger.debug("colour fold {} done", held)
+    return oof
+
+
 def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1.0) -> dict[str, Any]:
     """Weighted L2-regularised logistic regression on standardised features (Newton steps)."""
     mean = x.mean(axis=0)
@@ -89,11 +132,7 @@ def fit_colour_cue(
     n_lv = feats.shape[0]
     y = np.array([s.label for s in samples])
     w = balanced_weights(samples)
-    oof = np.zeros((n_lv, len(samples)))
-    for held, tr, va in leave_one_out_folds(samples, by="source"):
-        spec = _fit(feats[:, tr].reshape(-1, feats.shape[2]), np.tile(y[tr], n_lv), np.tile(w[tr], n_lv))
-        oof[:, va] = _predict(spec, feats[:, va])
-        logger.debug("colour fold {} done", held)
+    oof = colour_loso_oof(samples, feats)
     spec = _fit(feats.reshape(-1, feats.shape[2]), np.tile(y, n_lv), np.tile(w, n_lv))
     spec.update(
         {

@@ -45,6 +45,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def register(app: typer.Typer) -> None:
+    register_stack(app)
+
     @app.command("train")
     def train_cmd(
         data: Annotated[list[Path], typer.Option("--data", help="image folder / parquet (repeatable)")],
@@ -66,6 +68,21 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int | None, typer.Option("--workers")] = None,
         seed: Annotated[int | None, typer.Option("--seed")] = None,
         sets: Annotated[list[str] | None, typer.Option("--set", help="train.KEY=VALUE (JSON values)")] = None,
+        from_queue: Annotated[
+            bool,
+            typer.Option(
+                "--from-queue",
+                help="also train on the hard-example queue: labelled examples, plus teacher pseudo-labels "
+                "for unlabelled ones when learning.teacher_tier is set (the exported entries are acknowledged)",
+            ),
+        ] = False,
+        queue_dir: Annotated[
+            Path | None,
+            typer.Option("--queue-dir", help="where --from-queue exports the queue (default OUT/hard_examples)"),
+        ] = None,
+        redis_url: Annotated[
+            str | None, typer.Option("--redis-url", help="the queue's Redis (default: state.* settings)")
+        ] = None,
     ) -> None:
         """Fine-tune the roadwork classifier on validator-parity views; write model.safetensors + card."""
         from roadminer.config import load_settings
@@ -81,7 +98,22 @@ def register(app: typer.Typer) -> None:
         ):
             if val is not None:  # an unset option must not clear a --set value
                 overrides[f"train.{key}"] = val
+        if redis_url:
+            overrides |= {"state.backend": "redis", "state.redis_url": redis_url}
         settings = load_settings(config, overrides)
+        extra_dirs = list(extra or [])
+        if from_queue:
+            import asyncio
+
+            from roadminer.learning.loop import export_for_training
+
+            qdir = queue_dir if queue_dir is not None else out / "hard_examples"
+            report = asyncio.run(export_for_training(settings, qdir))
+            typer.echo(json.dumps({"queue_export": report.to_json()}))
+            if report.written.get("roadwork", 0) + report.written.get("no_roadwork", 0) > 0:
+                extra_dirs.append(qdir)
+            else:
+                typer.echo("no labelled hard examples in the queue; training on --data only", err=True)
         calibration = None
         card_extra = None
         if calibration_from is not None:
@@ -92,7 +124,7 @@ def register(app: typer.Typer) -> None:
             data,
             out,
             settings.train,
-            extra_dirs=extra or [],
+            extra_dirs=extra_dirs,
             init_checkpoint=init,
             calibration=calibration,
             card_extra=card_extra,
@@ -166,6 +198,50 @@ def register(app: typer.Typer) -> None:
                 },
             }
         typer.echo(json.dumps(summary))
+
+
+def register_stack(app: typer.Typer) -> None:
+    @app.command("cascade-stack")
+    def cascade_stack(
+        images: Annotated[Path, typer.Option("--images", help="the dataset the CV files scored")],
+        tiers: Annotated[
+            list[str],
+            typer.Option("--tier", help="NAME=CV.json, in cascade order (oof_logits or oof_probs per level)"),
+        ],
+        out: Annotated[Path, typer.Option("--out", help="consensus JSON to write")] = Path(
+            "artifacts/consensus.json"
+        ),
+        report: Annotated[Path | None, typer.Option("--report", help="full report JSON")] = None,
+        cost: Annotated[
+            list[str] | None, typer.Option("--cost", help="NAME=seconds per image (relative cost in the report)")
+        ] = None,
+        tolerance: Annotated[float, typer.Option("--tolerance", help="MCC the cascade may lose")] = 0.0,
+    ) -> None:
+        """Fit stacking weights + exit thresholds from out-of-fold predictions; report them leave-one-source-out."""
+        from roadminer.learning.data import DatasetError, load_dataset
+        from roadminer.learning.stack import level_table, stack_from_oof, summary_table
+
+        pairs = []
+        for item in tiers:
+            if "=" not in item:
+                raise typer.BadParameter(f"--tier expects NAME=PATH, got {item!r}")
+            name, path = item.split("=", 1)
+            pairs.append((name.strip(), Path(path)))
+        costs = {k: float(v) for k, v in _parse_sets(cost).items()}
+        tier_cost = [costs.get(n, 0.0) for n, _ in pairs] if costs else None
+        try:
+            samples = load_dataset(images)
+            params, rep = stack_from_oof(samples, pairs, tolerance=tolerance, tier_cost=tier_cost)
+        except (DatasetError, ValueError, KeyError) as e:
+            raise typer.BadParameter(str(e)) from None
+        params.save(out)
+        if report is not None:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(_jsonable(rep), indent=2) + "\n")
+        typer.echo(summary_table(rep))
+        typer.echo(level_table(rep))
+        typer.echo(json.dumps({"exit_confidence": params.exit_confidence, "exit_rate": rep["cascade"]["exit_rate"]}))
+        typer.echo(f"wrote {out}")
 
 
 def run_cv(samples: list, settings: Any, by: str, levels: list[int]) -> dict[str, Any]:

@@ -33,6 +33,13 @@ MODEL_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 
 
+def eval_view(sample: Sample, index: int, level: int, seed: int) -> Any:
+    """The fixed evaluation view of ``sample`` at position ``index`` of the evaluated list: a pure function
+    of (seed, index, level), so that every model (and the colour cue) is scored on the same pixels."""
+    rng = np.random.default_rng([seed, index, level])
+    return validator_view(sample.read_pil(), level, rng, real_flips=False)
+
+
 class ViewDataset(Dataset):
     """Validator-parity views of samples. Training: random level and fresh randomness per draw; eval:
     view (sample, level) is a pure function of (seed, index, level) so that every run sees the same views."""
@@ -80,8 +87,7 @@ class ViewDataset(Dataset):
             return to_tensor([view], self.prep)[0], torch.tensor(float(label))
         else:
             level = self.fixed_level if self.fixed_level is not None else self.levels[0]
-            rng = np.random.default_rng([self.seed, i, level])
-            view = validator_view(s.read_pil(), level, rng, real_flips=False)
+            view = eval_view(s, i, level, self.seed)
         x = to_tensor([view], self.prep)[0]
         return x, torch.tensor(float(s.label))
 

@@ -580,14 +580,30 @@ class EngineTier(Tier):
     image has them, else (or when they do not decode) runs on the already-decoded images."""
 
     engine: Any
+    needs_rgb = False  # reads the payload bytes; the server need not decode before batching
 
     def predict(self, batch: ImageBatch) -> TierOutput:
         if batch.payloads and len(batch.payloads) == len(batch) and all(batch.payloads):
             try:
                 return TierOutput(prob=self.engine.predict_bytes(batch.payloads))
             except ImageDecodeError:
-                pass  # the already-decoded images are still good
-        return TierOutput(prob=self.engine.predict_rgb(batch.rgb))
+                pass  # one bad image: decode them one by one below, the others still get an answer
+        return TierOutput(prob=self._predict_decoded(batch))
+
+    def _predict_decoded(self, batch: ImageBatch) -> np.ndarray:
+        """Decoded images (already decoded, or decoded now by the batch's policy-checked decoder); an
+        image that does not decode gets NaN (the tier abstains for it)."""
+        prob = np.full(len(batch), np.nan)
+        ok, images = [], []
+        for i in range(len(batch)):
+            try:
+                images.append(batch.image(i))
+                ok.append(i)
+            except (ImageDecodeError, ValueError) as e:
+                logger.debug("image {} of the batch does not decode: {}", i, e)
+        if ok:
+            prob[ok] = self.engine.predict_rgb(images)
+        return prob
 
     def warmup(self) -> None:
         self.engine.warmup()

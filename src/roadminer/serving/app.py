@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 import uuid as uuid_mod
@@ -30,10 +31,10 @@ from loguru import logger
 
 from roadminer import __spec_version__, __version__
 from roadminer.aio import cancel_and_wait
-from roadminer.cascade.tiers import ImageBatch, Tier, clip_prob
+from roadminer.cascade.tiers import ImageBatch, Tier, clip_prob, needs_decoded_images
 from roadminer.chain.base import ChainView
 from roadminer.config import Settings
-from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, b64decode_image, decode_rgb
+from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, b64decode_image, decode_rgb, probe_image
 from roadminer.metrics import (
     CHAIN_CONSENSUS,
     CHAIN_EMISSION,
@@ -140,8 +141,17 @@ class MinerBackend:
             state=state,
         )
 
-    async def decode(self, image_b64: str) -> tuple[np.ndarray, bytes]:
+    def __post_init__(self) -> None:
+        self.batcher.decoder = functools.partial(decode_rgb, policy=self.policy)
+
+    async def decode(self, image_b64: str) -> tuple[np.ndarray | None, bytes]:
+        """base64 -> bytes, format and size limits checked. The pixels are decoded here only when the
+        model's first step reads them; tiers that decode the payload themselves (``needs_rgb = False``)
+        get ``None`` (decoded later, only if a tier or the fallback reads it)."""
         raw = b64decode_image(image_b64, self.policy)
+        if not needs_decoded_images(self.batcher.predictor):
+            probe_image(raw, self.policy)  # header only: format, side and pixel limits
+            return None, raw
         loop = asyncio.get_running_loop()
         rgb = await loop.run_in_executor(self._decode_pool, decode_rgb, raw, self.policy)
         return rgb, raw
@@ -209,7 +219,7 @@ class MinerBackend:
             logger.opt(exception=e).warning("could not record the request in the state layer")
 
     async def predict(
-        self, rgb: np.ndarray, raw: bytes, budget_s: float, key: str | None = None
+        self, rgb: np.ndarray | None, raw: bytes, budget_s: float, key: str | None = None
     ) -> Prediction:
         """The cached answer, else the cascade's if it comes within ``budget_s``, else the colour
         fallback's. ``key``: sha256 hex of ``raw`` (computed when missing)."""
@@ -237,14 +247,16 @@ class MinerBackend:
                 )
             except Exception as e:  # the batcher shields tiers; this is the last line
                 logger.opt(exception=e).error("model call failed; answering with the colour fallback")
-        return await self.fallback_predict(rgb)
+        return await self.fallback_predict(rgb, raw)
 
-    async def fallback_predict(self, rgb: np.ndarray) -> Prediction:
+    async def fallback_predict(self, rgb: np.ndarray | None, raw: bytes = b"") -> Prediction:
+        """The fallback tier's answer (``rgb`` None: decoded from ``raw`` first, off the event loop)."""
         if self.fallback is not None:
             loop = asyncio.get_running_loop()
+            batch = ImageBatch([rgb], [raw], decoder=functools.partial(decode_rgb, policy=self.policy))
             try:
                 out = await asyncio.wait_for(
-                    loop.run_in_executor(self._decode_pool, self.fallback.predict, ImageBatch(rgb=[rgb])),
+                    loop.run_in_executor(self._decode_pool, self.fallback.predict, batch),
                     FALLBACK_RESERVE_S * 0.8,
                 )
                 return Prediction(float(clip_prob(out.prob[0])), "fallback:" + self.fallback.name, True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,7 +54,7 @@ def answer_tier_probs(result: CascadeResult, i: int) -> dict[str, float]:
 
 @dataclass
 class _Item:
-    rgb: np.ndarray
+    rgb: np.ndarray | None  # None: decoded by the tier that reads it (``ImageBatch.decoder``)
     payload: bytes
     key: str
     future: asyncio.Future[Answer]
@@ -73,6 +74,9 @@ class MicroBatcher:
         self._workers = workers
         self.batches = 0
         self.items = 0
+        # Decodes payloads submitted without ``rgb`` when a tier reads them (policy-checked, raises
+        # ``ImageDecodeError``); set by the server.
+        self.decoder: Callable[[bytes], np.ndarray] | None = None
 
     def swap_predictor(self, predictor: Predictor) -> None:
         """Hot reload: batches already running finish on the old predictor; new ones use this one."""
@@ -97,7 +101,8 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._queue.qsize() if self._queue else 0
 
-    async def submit(self, rgb: np.ndarray, payload: bytes = b"", key: str = "") -> Answer:
+    async def submit(self, rgb: np.ndarray | None, payload: bytes = b"", key: str = "") -> Answer:
+        """``rgb`` None: the image is decoded from ``payload`` only if a tier reads ``rgb``."""
         if self._queue is None:
             raise RuntimeError("batcher not started")
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
@@ -123,7 +128,7 @@ class MicroBatcher:
             if not items:
                 continue
             batch = ImageBatch(rgb=[it.rgb for it in items], payloads=[it.payload for it in items],
-                               keys=[it.key for it in items])
+                               keys=[it.key for it in items], decoder=self.decoder)
             t0 = time.perf_counter()
             predictor = self.predictor
             try:

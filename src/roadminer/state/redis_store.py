@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -79,6 +80,11 @@ class RedisStore(StateStore):
             retry_on_timeout=False,
         )
         self._set_if_greater = self.client.register_script(_SET_IF_GREATER)
+
+    async def reset_connections(self) -> None:
+        """Drop pooled connections: after a server restart they are dead sockets whose first use fails."""
+        with contextlib.suppress(_CONN_ERRORS):
+            await self.client.connection_pool.disconnect()
 
     def _k(self, key: str) -> str:
         return self.prefix + key

@@ -59,6 +59,9 @@ class ResilientStore(StateStore):
             if self.up:
                 return
             keys = entries = 0
+            reset = getattr(self.primary, "reset_connections", None)
+            if reset is not None:
+                await reset()
             # Requests keep writing to the fallback while the hand-back awaits Redis: drain again until
             # it is empty, then switch over with no await in between (nothing is stranded in memory).
             while True:
@@ -66,8 +69,8 @@ class ResilientStore(StateStore):
                 try:
                     await _replay(self.primary, data)
                 except StateError as e:
-                    # Hand-back failed half-way: keep the rest in memory (duplicates are harmless, queue
-                    # consumers de-duplicate by image hash).
+                    # Hand-back failed half-way: keep what was not written yet in memory (``_replay``
+                    # removed everything it wrote from ``data``), so nothing is handed back twice.
                     await _replay(self.fallback, data)
                     self._mark_down(e)
                     return
@@ -239,21 +242,41 @@ MONOTONIC_PREFIXES = ("nonce:sn72:",)
 
 
 async def _replay(store: StateStore, data: dict[str, Any]) -> None:
-    for key, (value, ttl) in data["kv"].items():
+    """Write ``data`` (a fallback drain) into ``store``, removing each item from ``data`` once written.
+
+    If a write fails half-way, ``data`` holds exactly what was not written yet, so the caller can keep
+    that remainder without writing anything twice (list entries such as reward outcomes are not
+    idempotent)."""
+    for key in list(data["kv"]):
+        value, ttl = data["kv"][key]
         if key.startswith(MONOTONIC_PREFIXES):
             await store.set_if_greater(key, int(value), ttl)
         else:
             await store.set_nx(key, value, ttl)
-    for key, items in data["lists"].items():
-        for value in reversed(items):  # oldest first so the newest ends up in front
-            await store.list_push(key, value)
-    for key, items in data["zsets"].items():
-        for score, member in items:
+        del data["kv"][key]
+    for key in list(data["lists"]):
+        items = data["lists"][key]
+        while items:  # oldest (last) first so the newest ends up in front
+            await store.list_push(key, items[-1])
+            items.pop()
+        del data["lists"][key]
+    for key in list(data["zsets"]):
+        items = data["zsets"][key]
+        while items:
+            score, member = items[0]
             await store.zadd(key, score, member)
-    for key, members in data["sets"].items():
-        await store.sadd(key, *members)
-    for stream, (entries, groups) in data["streams"].items():
+            items.pop(0)
+        del data["zsets"][key]
+    for key in list(data["sets"]):
+        members = data["sets"][key]
+        if members:
+            await store.sadd(key, *members)
+        del data["sets"][key]
+    for stream in list(data["streams"]):
+        entries, groups = data["streams"][stream]
         for group in groups:
             await store.stream_group_create(stream, group)
-        for fields in entries:
-            await store.stream_add(stream, fields)
+        while entries:
+            await store.stream_add(stream, entries[0])
+            entries.pop(0)
+        del data["streams"][stream]

@@ -93,6 +93,14 @@ def register(app: typer.Typer) -> None:
         parquet: Annotated[
             Path | None, typer.Option("--parquet", help="reference parquet layout source")
         ] = None,
+        state_url: Annotated[
+            str | None,
+            typer.Option(
+                "--state-url",
+                help="the miner's Redis (redis://...): record labelled outcomes into its reward/MCC "
+                "history and label its hard examples (key prefix: state.key_prefix)",
+            ),
+        ] = None,
         config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
     ) -> None:
@@ -128,12 +136,20 @@ def register(app: typer.Typer) -> None:
                     concurrency=s.concurrency,
                     hotkey_uri=s.hotkey_uri,
                     out=out,
+                    state_url=state_url,
+                    state_config=settings.state,
                 )
             )
         except (RuntimeError, ValueError, OSError) as e:
             typer.echo(f"simulate: {e}", err=True)
             raise typer.Exit(2) from None
         print_summary(summary)
+        if "state" in summary:
+            st = summary["state"]
+            typer.echo(
+                f"recorded {st['recorded']} outcomes into {st['url']} "
+                f"({st['queued_known_errors']} known errors queued, {st['errors']} failed)"
+            )
         if out:
             typer.echo(f"wrote {out}")
 

@@ -8,6 +8,7 @@ them, a progress bar, a summary table and a JSON report.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -18,10 +19,66 @@ import numpy as np
 from loguru import logger
 
 from roadminer.protocol.keys import HotkeySigner
-from roadminer.validator.challenges import ChallengeSource, build_source
-from roadminer.validator.client import MinerClient, MinerTarget
+from roadminer.validator.challenges import Challenge, ChallengeSource, build_source
+from roadminer.validator.client import MinerClient, MinerTarget, QueryResult
 from roadminer.validator.neuron import ValidatorCore
-from roadminer.validator.reward import ScoreBook
+from roadminer.validator.reward import ScoreBook, is_valid_prediction, round_prediction
+
+STATE_URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+class OutcomeRecorder:
+    """Writes the simulator's labelled outcomes into the miner's own state (the Redis it runs on), so
+    the miner's history and dashboard show MCC, accuracy and reward per validator as the validator
+    scores them. Every challenge image gets its label (``HardExampleQueue.set_label``: a hard example
+    the miner queued becomes a labelled one), and a wrong answer is queued as a ``known_error``."""
+
+    def __init__(self, state: Any, validator: str) -> None:
+        self.state = state  # roadminer.state.layer.StateLayer
+        self.validator = validator
+        self.recorded = 0
+        self.queued = 0
+        self.errors = 0
+
+    @classmethod
+    def from_url(cls, state_url: str, validator: str, state_config: Any = None) -> OutcomeRecorder:
+        from roadminer.config import StateConfig
+        from roadminer.state.layer import StateLayer
+
+        scheme = urlparse(state_url).scheme
+        if scheme not in STATE_URL_SCHEMES:
+            raise ValueError(f"--state-url must be a redis:// URL (the miner's state.redis_url), got {state_url!r}")
+        base = state_config if state_config is not None else StateConfig()
+        cfg = base.model_copy(update={"backend": "redis", "redis_url": state_url})
+        return cls(StateLayer.from_config(cfg), validator)
+
+    async def record(self, challenge: Challenge, result: QueryResult) -> None:
+        """Never raises: a state hiccup must not stop the simulation."""
+        try:
+            await self.state.rewards.record_outcome(self.validator, result.prediction, challenge.label)
+            digest = hashlib.sha256(challenge.jpeg).hexdigest()
+            pred = result.prediction
+            if pred is not None and is_valid_prediction(pred) and round_prediction(pred) != challenge.label:
+                entry = await self.state.queue.enqueue(
+                    challenge.jpeg,
+                    ["known_error"],
+                    float(pred),
+                    "simulator",
+                    None,
+                    challenge.label,
+                    self.validator,
+                    digest,
+                )
+                self.queued += int(entry is not None)
+            else:
+                await self.state.queue.set_label(digest, challenge.label)
+            self.recorded += 1
+        except Exception as e:
+            self.errors += 1
+            logger.warning("recording the outcome into the miner's state failed: {!r}", e)
+
+    async def close(self) -> None:
+        await self.state.close()
 
 
 def parse_miner_url(url: str) -> tuple[str, int]:
@@ -48,13 +105,67 @@ async def simulate(
     miner_hotkey: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    state_url: str | None = None,
+    state_config: Any = None,
 ) -> dict[str, Any]:
-    """Send ``n`` challenges to ``miner_url`` and return the summary (also written to ``out``)."""
+    """Send ``n`` challenges to ``miner_url`` and return the summary (also written to ``out``).
+    With ``state_url`` (the miner's Redis), each labelled outcome is also recorded into the miner's
+    state (:class:`OutcomeRecorder`; ``state_config`` gives the key prefix and queue limits)."""
     ip, port = parse_miner_url(miner_url)
     signer = signer or HotkeySigner.from_uri(hotkey_uri)
     src = source or build_source(images, parquet)
     rng = np.random.default_rng(seed)
+    recorder = (
+        OutcomeRecorder.from_url(state_url, signer.ss58_address, state_config) if state_url else None
+    )
     t_start = time.perf_counter()
+    try:
+        summary = await _simulate(
+            miner_url, ip, port, n, seed, src, protocol, reference_flip_bug, timeout_s, concurrency,
+            signer, miner_hotkey, rng, progress, recorder, t_start,
+        )
+    finally:
+        if recorder is not None:
+            await recorder.close()
+    if recorder is not None:
+        summary["state"] = {
+            "url": _redact(state_url or ""),
+            "recorded": recorder.recorded,
+            "queued_known_errors": recorder.queued,
+            "errors": recorder.errors,
+        }
+    if out:
+        p = Path(out)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _redact(url: str) -> str:
+    u = urlparse(url)
+    if u.password:
+        return url.replace(f":{u.password}@", ":***@")
+    return url
+
+
+async def _simulate(
+    miner_url: str,
+    ip: str,
+    port: int,
+    n: int,
+    seed: int,
+    src: ChallengeSource,
+    protocol: str,
+    reference_flip_bug: bool,
+    timeout_s: float,
+    concurrency: int,
+    signer: HotkeySigner,
+    miner_hotkey: str | None,
+    rng: np.random.Generator,
+    progress: bool,
+    recorder: OutcomeRecorder | None,
+    t_start: float,
+) -> dict[str, Any]:
     async with MinerClient(signer, timeout_s=timeout_s) as client:
         health: dict[str, Any] = {}
         try:
@@ -75,7 +186,7 @@ async def simulate(
         core = ValidatorCore(
             client, src, book, rng, reference_flip_bug=reference_flip_bug, timeout_s=timeout_s
         )
-        await _drive(core, target, n, max(1, concurrency), progress)
+        await _drive(core, target, n, max(1, concurrency), progress, recorder)
         summary = core.stats.summary(uid)
         summary.update(
             {
@@ -97,14 +208,17 @@ async def simulate(
                 "elapsed_s": round(time.perf_counter() - t_start, 2),
             }
         )
-    if out:
-        p = Path(out)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-async def _drive(core: ValidatorCore, target: MinerTarget, n: int, concurrency: int, progress: bool) -> None:
+async def _drive(
+    core: ValidatorCore,
+    target: MinerTarget,
+    n: int,
+    concurrency: int,
+    progress: bool,
+    recorder: OutcomeRecorder | None = None,
+) -> None:
     """Challenges are made in order (deterministic under the seed); up to ``concurrency`` are in flight."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -124,7 +238,10 @@ async def _drive(core: ValidatorCore, target: MinerTarget, n: int, concurrency: 
 
         async def one(ch: Any) -> None:
             try:
-                await core.forward([target], challenge=ch)
+                _, results, _ = await core.forward([target], challenge=ch)
+                if recorder is not None:
+                    for r in results:
+                        await recorder.record(ch, r)
             finally:
                 sem.release()
                 s = core.stats.records
