@@ -238,3 +238,17 @@ def test_train_detector_end_to_end(tmp_path: Path) -> None:
     assert "map50" in saved["metrics"]["boxes_val"]
     tier = build_tier("yolo", "tiny", {"weights": str(weights)})
     assert tier.predict(ImageBatch(rgb=[np.asarray(_scene(0, cone=True))])).prob.shape == (1,)
+
+
+def test_loading_ultralytics_leaves_pil_open_alone() -> None:
+    """ultralytics patches PIL.Image.open to pip-install a HEIF plugin on unknown images; the miner decodes
+    untrusted bytes with PIL, so the original must be back after the import."""
+    from PIL import Image
+
+    from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb
+    from roadminer.models.detector import import_yolo
+
+    import_yolo()
+    assert Image.open.__module__ == "PIL.Image"
+    with pytest.raises(ImageDecodeError, match="not an accepted format"):
+        decode_rgb(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, ImagePolicy(formats=("JPEG",)))

@@ -358,8 +358,9 @@ def train_detector(
     )
     logger.info("YOLO dataset {}: {} boxes {}", ds, split["counts"], split["boxes"])
 
-    from ultralytics import YOLO
+    from roadminer.models.detector import import_yolo
 
+    YOLO = import_yolo()
     _patch_without_polars()
     yolo = YOLO(model)
     args: dict[str, Any] = {

@@ -57,6 +57,25 @@ def configure_ultralytics_env(config_dir: str | Path | None = None) -> None:
         os.environ["YOLO_CONFIG_DIR"] = str(d)
 
 
+def import_yolo() -> Any:
+    """``ultralytics.YOLO`` with the process left as it was: importing ultralytics replaces ``PIL.Image.open``
+    process-wide with a wrapper that, on any unidentified image, tries to pip-install and import a HEIF
+    plugin. The miner decodes untrusted bytes with PIL, so the original ``Image.open`` is put back."""
+    configure_ultralytics_env()
+    from PIL import Image
+
+    original_open = Image.open
+    from ultralytics import YOLO
+
+    try:
+        from ultralytics.utils import patches
+
+        Image.open = getattr(patches, "_image_open", original_open)
+    except ImportError:
+        Image.open = original_open
+    return YOLO
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -164,8 +183,7 @@ def verify_weights(weights: Path, expected: str | None) -> str:
 
 def load_yolo(weights: Path, sha256: str | None = None) -> Any:
     """The ultralytics model from a verified checkpoint (or a ``.yaml`` architecture, which is no pickle)."""
-    configure_ultralytics_env()
-    from ultralytics import YOLO
+    YOLO = import_yolo()
 
     if weights.suffix in (".yaml", ".yml"):
         return YOLO(str(weights))
