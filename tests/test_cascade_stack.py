@@ -72,3 +72,28 @@ def test_stack_from_oof_files(tmp_path: Path) -> None:
     params.save(tmp_path / "consensus.json")
     back = ConsensusParams.load(tmp_path / "consensus.json")
     assert back.exit_confidence == params.exit_confidence
+
+
+def test_default_cascade_builds_both_shipped_classifiers_with_the_fitted_consensus() -> None:
+    from roadminer.cascade.router import EarlyExitRouter
+    from roadminer.cascade.tiers import ImageBatch
+    from roadminer.config import CascadeConfig
+    from roadminer.imaging.scenes import draw_scene, scene_rng
+
+    cfg = CascadeConfig()
+    if not cfg.consensus_file or not Path(cfg.consensus_file).is_file():
+        pytest.skip("shipped consensus not present")
+    shipped = [f for f in Path(cfg.consensus_file).parent.iterdir() if f.suffix in (".safetensors", ".pt", ".onnx")]
+    assert sum(f.stat().st_size for f in shipped) <= 25_000_000
+    router = EarlyExitRouter.from_config(cfg)
+    assert [t.name for t in router.tiers] == ["classifier", "classifier2"]
+    archs = [t.describe()["arch"] for t in router.tiers]
+    assert archs == ["efficientnet-lite0", "efficientnet-lite2"]
+    assert router.consensus.fitted and router.consensus.tiers == ["classifier", "classifier2"]
+    assert router.exit_conf[0] is not None and 0.5 < router.exit_conf[0] < 1 and router.exit_conf[1] is None
+    rgb = [np.asarray(draw_scene(scene_rng(5, i), bool(i % 2), (224, 224))) for i in range(4)]
+    res = router.predict(ImageBatch(rgb=rgb, payloads=[b""] * 4, keys=[str(i) for i in range(4)]))
+    assert res.prob.shape == (4,) and np.all((res.prob > 0) & (res.prob < 1)) and np.all(res.prob != 0.5)
+    assert set(res.exit_tier) <= {"classifier", "classifier2"} and not res.errors
+    full = router.predict(ImageBatch(rgb=rgb, payloads=[b""] * 4, keys=[str(i) for i in range(4)]), early_exit=False)
+    assert all(np.all(np.isfinite(full.tier_probs[n])) for n in ("classifier", "classifier2"))

@@ -53,7 +53,12 @@ def test_train_from_queue_adds_hard_examples(redis_url: str, tmp_path: Path, tea
     base = tmp_path / "base"
     write_scene_folder(base, 4, seed=1, size=(160, 120))  # 4 per label
     config = tmp_path / "train.yaml"
-    learning = "learning: {teacher_tier: colour, pseudo_margin: 0.0}\n" if teacher else ""
+    learning = (
+        "learning: {teacher_tier: colour, pseudo_margin: 0.0}\n"
+        "cascade: {tiers: [{name: colour, kind: colour}], consensus_file: null}\n"
+        if teacher
+        else ""
+    )
     config.write_text(
         f"state: {{backend: redis, redis_url: '{redis_url}', key_prefix: '{cfg.key_prefix}'}}\n{learning}"
     )

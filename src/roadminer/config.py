@@ -161,27 +161,31 @@ class TierConfig(BaseModel):
 
 
 def _default_tiers() -> list[TierConfig]:
-    # The shipped classifier (assets/models/roadwork_classifier.*, loads offline) answers every image
-    # (exit_confidence 0.5); the colour cue runs only where the classifier fails.
+    # The shipped classifiers (assets/models/roadwork_classifier*.safetensors, load offline): EfficientNet-Lite0
+    # answers every image and lets the confident ones leave; the rest also get EfficientNet-Lite2, pooled by
+    # the stacking weights of assets/models/cascade_consensus.json (which override weight/exit_confidence).
     return [
-        TierConfig(name="classifier", kind="classifier", exit_confidence=0.5,
+        TierConfig(name="classifier", kind="classifier", exit_confidence=0.865,
                    options={"weights": "roadwork_classifier.safetensors"}),
-        TierConfig(name="colour", kind="colour", exit_confidence=None),
+        TierConfig(name="classifier2", kind="classifier", exit_confidence=None,
+                   options={"weights": "roadwork_classifier_lite2.safetensors"}),
     ]
 
 
 class CascadeConfig(BaseModel):
     tiers: list[TierConfig] = Field(default_factory=_default_tiers)
     # Decision threshold on the calibrated probability (validator rounds: 0.5 -> "no roadwork").
-    # Defaults: the shipped classifier's out-of-fold calibration (roadwork_classifier.card.json).
-    threshold: float = 0.66
-    temperature: float = 1.2041
-    bias: float = 0.1035
+    # Identity by default: the fitted consensus (stacking) is the calibration. For Lite0 alone use its
+    # out-of-fold calibration from roadwork_classifier.card.json (threshold 0.66, temperature 1.2041, bias 0.1035).
+    threshold: float = 0.5
+    temperature: float = 1.0
+    bias: float = 0.0
     # VLM tiers (kinds vlm_vllm / vlm_hf) run only when this is on (``--cascade.vlm true`` or
     # ROADMINER_CASCADE__VLM=1); off by default so the cascade runs offline.
     vlm: bool = False
-    # Stacking weights + fitted exit thresholds (``roadminer cascade-fit``); missing file = plain weights.
-    consensus_file: str | None = None
+    # Stacking weights + fitted exit thresholds (``roadminer cascade-fit`` / ``cascade-stack``); missing file
+    # = plain weights. Default: the consensus fitted for the default tiers (see docs/model_card.md).
+    consensus_file: str | None = str(ASSETS_DIR / "models" / "cascade_consensus.json")
     fitted_exits: bool = True  # False: use the fitted weights but the thresholds configured per tier
     no_exit_on_disagreement: bool = False  # tiers on different sides of 0.5 -> go on to the next tier
     low_light_below: float | None = None  # mean luma (0-255) under which an image never exits early
