@@ -252,3 +252,17 @@ def test_loading_ultralytics_leaves_pil_open_alone() -> None:
     assert Image.open.__module__ == "PIL.Image"
     with pytest.raises(ImageDecodeError, match="not an accepted format"):
         decode_rgb(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, ImagePolicy(formats=("JPEG",)))
+
+
+def test_square_copy_keeps_boxes_groups_and_size(tmp_path: Path) -> None:
+    from roadminer.learning.detector_train import export_square_copy
+
+    _make_folder(tmp_path / "src")
+    info = export_square_copy(tmp_path / "src", tmp_path / "sq", size=64)
+    copy = load_dataset(tmp_path / "sq")
+    assert info["n"] == len(copy) == len(load_dataset(tmp_path / "src"))
+    for s in copy:
+        assert s.read_pil().size == (64, 64)
+    orig = {s.name: s for s in load_dataset(tmp_path / "src")}
+    assert {s.name: (s.label, s.group) for s in copy} == {k: (v.label, v.group) for k, v in orig.items()}
+    assert any(s.boxes for s in copy) and all(bool(s.boxes) <= bool(orig[s.name].boxes) for s in copy)

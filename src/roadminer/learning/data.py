@@ -20,7 +20,7 @@ import csv
 import hashlib
 import io
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,18 +309,19 @@ def export_downsized(
     max_per_source: dict[str, int] | None = None,
     every_nth: dict[str, int] | None = None,
     seed: int = 0,
+    transform: Callable[[Image.Image, list[Box]], tuple[Image.Image, list[Box]]] | None = None,
 ) -> dict[str, Any]:
-    """Write a smaller copy of an image-folder dataset (same layout, manifest and YOLO boxes; boxes are
-    normalised so they carry over) for shipping to a training machine. ``max_per_source`` keeps a seeded
+    """Write a smaller copy of a dataset (image-folder layout, manifest and YOLO boxes) for shipping to a
+    training machine. By default images are shrunk to ``short_side`` (normalised boxes carry over);
+    ``transform`` replaces that (e.g. square crops that move the boxes). ``max_per_source`` keeps a seeded
     random subset of a source; ``every_nth`` keeps every n-th file (by name) of a source (video frames)."""
     import random
 
-    src, dst = Path(src), Path(dst)
-    samples = load_image_folder(src)
+    dst = Path(dst)
     rng = random.Random(seed)
     keep: list[Sample] = []
     by_source: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
+    for s in load_dataset(src):
         by_source[s.source].append(s)
     for source, items in sorted(by_source.items()):
         items = sorted(items, key=lambda s: s.name)
@@ -335,16 +336,19 @@ def export_downsized(
         sub = POSITIVE if s.label else NEGATIVE
         out = dst / "images" / sub / s.name
         out.parent.mkdir(parents=True, exist_ok=True)
-        img = s.read_pil()
-        scale = short_side / min(img.size)
-        if scale < 1:
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        img, boxes = s.read_pil(), list(s.boxes)
+        if transform is not None:
+            img, boxes = transform(img, boxes)
+        else:
+            scale = short_side / min(img.size)
+            if scale < 1:
+                img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
         img.save(out, "JPEG", quality=quality)
         total += out.stat().st_size
-        if s.boxes:
+        if s.has_boxes:  # written even when a crop removed every box: YOLO then sees a background image
             lab = dst / "labels" / sub / f"{Path(s.name).stem}.txt"
             lab.parent.mkdir(parents=True, exist_ok=True)
-            lab.write_text("".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in s.boxes))
+            lab.write_text("".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in boxes))
         rows.append(
             {
                 "file": f"images/{sub}/{s.name}",

@@ -36,7 +36,7 @@ import numpy as np
 from loguru import logger
 from PIL import Image
 
-from roadminer.learning.data import CLASS_NAMES, Box, Sample, load_dataset
+from roadminer.learning.data import CLASS_NAMES, Box, Sample, export_downsized, load_dataset
 from roadminer.models.detector import (
     FORMAT,
     apply_head,
@@ -477,33 +477,7 @@ def export_square_copy(
 ) -> dict[str, Any]:
     """A small image-folder copy (manifest and YOLO boxes kept) of square crops, as validators crop, for
     carrying a dataset to a training machine."""
-    rng = random.Random(seed)
-    dst = Path(dst)
-    by_source: dict[str, list[Sample]] = defaultdict(list)
-    for s in load_dataset(data):
-        by_source[s.source].append(s)
-    rows: list[dict[str, Any]] = []
-    total = 0
-    for source, items in sorted(by_source.items()):
-        items = sorted(items, key=lambda s: s.name)
-        if every_nth and source in every_nth:
-            items = items[:: every_nth[source]]
-        if max_per_source and source in max_per_source and len(items) > max_per_source[source]:
-            items = sorted(rng.sample(items, max_per_source[source]), key=lambda s: s.name)
-        for s in items:
-            sub = "roadwork" if s.label else "no_roadwork"
-            img, boxes = square_crop(s.read_pil(), s.boxes, size)
-            out = dst / "images" / sub / s.name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            img.save(out, "JPEG", quality=quality)
-            total += out.stat().st_size
-            if s.has_boxes:  # an empty file after the crop still marks "had boxes" for the loader
-                lab = dst / "labels" / sub / f"{Path(s.name).stem}.txt"
-                lab.parent.mkdir(parents=True, exist_ok=True)
-                lab.write_text("".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in boxes))
-            rows.append({"file": f"images/{sub}/{s.name}", "label": sub, "source": s.source, "group": s.group})
-    with (dst / "manifest.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "label", "source", "group"])
-        w.writeheader()
-        w.writerows(rows)
-    return {"n": len(rows), "bytes": total}
+    return export_downsized(
+        data, dst, quality=quality, max_per_source=max_per_source, every_nth=every_nth, seed=seed,
+        transform=lambda img, boxes: square_crop(img, boxes, size),
+    )
