@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from roadminer.cascade.router import EarlyExitRouter
+from roadminer.cascade.router import CascadeResult, EarlyExitRouter
 from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput
 from roadminer.models.colour import ColourCueTier
 from roadminer.serving.batcher import MicroBatcher
@@ -77,3 +77,33 @@ async def test_early_exit_skips_later_tier_for_confident_images() -> None:
     res = router.predict(ImageBatch(rgb=[_img(255), _img(128), _img(0)]))
     assert res.exit_tier == ["mean-red", "mean-red", "mean-red"]
     assert second.sizes == [1], "only the uncertain image (p=0.5) reaches tier 2"
+
+
+class ShortResultRouter:
+    """A predictor whose result has fewer answers than images (a broken hot-reloaded model)."""
+
+    version = "short"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, batch: ImageBatch) -> CascadeResult:
+        self.calls += 1
+        return CascadeResult(prob=np.zeros(0), exit_tier=[])
+
+
+async def test_malformed_result_fails_the_requests_not_the_worker() -> None:
+    predictor = ShortResultRouter()
+    batcher = MicroBatcher(predictor, max_batch=4, max_wait_ms=1)
+    await batcher.start()
+    try:
+        for _ in range(2):  # the worker is still there for the second request
+            try:
+                await asyncio.wait_for(batcher.submit(_img(5)), 5.0)
+            except RuntimeError as e:
+                assert "unusable" in str(e)
+            else:
+                raise AssertionError("a malformed result must fail the request")
+    finally:
+        await batcher.stop()
+    assert predictor.calls == 2

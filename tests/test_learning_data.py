@@ -11,6 +11,7 @@ import pytest
 from roadminer.imaging.scenes import draw_scene, scene_rng
 from roadminer.learning.data import (
     DatasetError,
+    Sample,
     balanced_weights,
     grouped_kfold,
     holdout_split,
@@ -138,3 +139,23 @@ def test_balanced_weights_equal_labels_and_damp_big_sources() -> None:
     assert w[labels == 1].sum() == pytest.approx(0.5)
     big = w[:90].sum() / w[90:100].sum()
     assert big == pytest.approx(3.0)  # sqrt(90/10): between "rows equal" (9) and "sources equal" (1)
+
+
+def test_colour_loso_fold_ignores_held_out_labels() -> None:
+    """The fit that scores a held-out source sees nothing of that source, its label counts included."""
+    from roadminer.learning.colour_fit import colour_loso_oof
+
+    rng = np.random.default_rng(0)
+    n = 30
+    src = ["a"] * n + ["b"] * n + ["c"] * n
+    y_ab = rng.integers(0, 2, 2 * n).tolist()
+    feats = rng.normal(0, 1, (1, 3 * n, 5))
+    feats[0, : 2 * n, 0] += 2.0 * np.asarray(y_ab)
+
+    def oof_c(c_labels: list[int]) -> np.ndarray:
+        samples = [Sample(label=lab, source=s, group=s) for lab, s in zip(y_ab + c_labels, src, strict=True)]
+        return colour_loso_oof(samples, feats)[:, 2 * n :]
+
+    all_pos = oof_c([1] * n)
+    mixed = oof_c([1] * (n - 3) + [0] * 3)
+    np.testing.assert_allclose(all_pos, mixed)

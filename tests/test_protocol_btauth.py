@@ -70,3 +70,16 @@ def test_parse_response() -> None:
     assert btauth.parse_response(401, b'{"error": "BadSignature", "message": "no"}') == (None, 401, "no")
     assert btauth.parse_response(200, b'{"prediction": 1.5}')[0] is None
     assert btauth.parse_response(502, b"oops")[0] is None
+
+
+def test_error_body_escapes_non_utf8_caller_text() -> None:
+    # A hotkey header that is not UTF-8 reaches refusal messages as surrogate escapes.
+    out = json.loads(btauth.error_body("blacklist", "Unrecognized hotkey \udc80."))
+    assert out == {"error": "blacklist", "message": "Unrecognized hotkey \\udc80."}
+
+
+async def test_store_retention_shorter_than_the_window_is_refused() -> None:
+    store = NonceStore.memory(btauth_ttl_s=5.0)  # forgets before the 10 s + 2 s window ends
+    _, headers, body = btauth.build_request(VALIDATOR, MINER.ss58_address, "127.0.0.1", 9, "aGk=")
+    with pytest.raises(ValueError, match="retains entries"):
+        await _verify(headers, body, store)

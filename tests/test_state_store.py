@@ -220,3 +220,42 @@ async def test_parity_memory_vs_redis(redis_url: str) -> None:
         assert await _transcript(mem) == await _transcript(red)
     finally:
         await red.close()
+
+
+async def test_memory_store_sweeps_keys_never_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from roadminer.state import memory_store
+
+    store = MemoryStore(prefix="t:")
+    for i in range(100):  # e.g. one btauth nonce per request, never looked up again
+        await store.set_nx(f"nonce:{i}", b"1", ttl=0.01)
+    await store.set_bytes("keep", b"v")
+    await asyncio.sleep(0.02)
+    monkeypatch.setattr(memory_store, "SWEEP_INTERVAL_S", 0.0)
+    store._next_sweep = 0.0
+    await store.set_bytes("other", b"v", ttl=60)
+    assert set(store._kv) == {"t:keep", "t:other"} and set(store._expiry) == {"t:other"}
+
+
+class _SlowPrimary(MemoryStore):
+    backend = "slow"
+
+    async def set_nx(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        await asyncio.sleep(0.05)
+        return await super().set_nx(key, value, ttl)
+
+
+async def test_hand_back_survives_a_cancelled_caller() -> None:
+    from roadminer.state.store import StateError
+
+    primary = _SlowPrimary(prefix="t:")
+    store = ResilientStore(primary, MemoryStore(prefix="t:"))
+    store._mark_down(StateError("outage"))
+    for i in range(3):  # written to memory during the outage
+        await store.fallback.set_bytes(f"k{i}", b"v")
+    store._next_try = 0.0
+    with pytest.raises(TimeoutError):  # a request's look-up budget runs out mid hand-back
+        await asyncio.wait_for(store.get_bytes("k0"), 0.01)
+    assert store._recovery is not None
+    await store._recovery
+    assert store.up and store.fallback.is_empty()
+    assert [await primary.get_bytes(f"k{i}") for i in range(3)] == [b"v"] * 3

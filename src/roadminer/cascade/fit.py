@@ -15,18 +15,12 @@ from typing import Any
 import numpy as np
 
 from roadminer.cascade.consensus import ConsensusParams, fit_stacking
+from roadminer.validator.reward import mcc_binary
 
 
 def mcc(labels: np.ndarray, prob: np.ndarray) -> float:
     """Matthews correlation with the validator's rounding (0.5 counts as "no roadwork")."""
-    y = np.asarray(labels).astype(int)
-    pred = (np.asarray(prob) > 0.5).astype(int)
-    tp = float(np.sum((pred == 1) & (y == 1)))
-    tn = float(np.sum((pred == 0) & (y == 0)))
-    fp = float(np.sum((pred == 1) & (y == 0)))
-    fn = float(np.sum((pred == 0) & (y == 1)))
-    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return 0.0 if den == 0 else (tp * tn - fp * fn) / den
+    return mcc_binary(np.asarray(labels).astype(int), (np.asarray(prob) > 0.5).astype(int))
 
 
 def disagreement(tier_probs: np.ndarray, k: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The ``Tier`` interface every model backend implements, and the tier registry.
 
-A tier receives a batch of decoded images and returns P(roadwork) per image. Tiers are synchronous and
-run on the batcher's worker thread, never on the event loop.
+A tier receives a batch of images (decoded, or decoded when it first reads them) and returns
+P(roadwork) per image. Tiers are synchronous and run on the batcher's worker thread, never on the event
+loop.
 """
 
 from __future__ import annotations

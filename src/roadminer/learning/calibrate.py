@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from roadminer.learning.evaluate import binary_metrics, mcc_score
+from roadminer.learning.evaluate import binary_metrics
 
 
 def _balanced_w(y: np.ndarray) -> np.ndarray:
@@ -54,20 +54,24 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, iters: int = 100) -> tuple[flo
     return 1.0 / a, float(b)
 
 
+def balanced_mcc(y: np.ndarray, pred: np.ndarray) -> float:
+    """MCC of 0/1 predictions on a class-balanced reweighting of the rows (the validators' 50/50 prior)."""
+    y = np.asarray(y)
+    pred = np.asarray(pred)
+    w = _balanced_w(y)
+    tp = np.sum(w * ((pred == 1) & (y == 1)))
+    tn = np.sum(w * ((pred == 0) & (y == 0)))
+    fp = np.sum(w * ((pred == 1) & (y == 0)))
+    fn = np.sum(w * ((pred == 0) & (y == 1)))
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / den) if den > 0 else 0.0
+
+
 def best_threshold(p: np.ndarray, y: np.ndarray, lo: float = 0.2, hi: float = 0.8) -> float:
     """Threshold on calibrated probabilities that maximises MCC on a class-balanced resampling (50/50
     prior), searched in [lo, hi] and smoothed over neighbouring candidates to resist noise."""
     cands = np.linspace(lo, hi, 61)
-    w = _balanced_w(y)
-    scores = []
-    for t in cands:
-        pred = (p > t).astype(int)
-        tp = np.sum(w * ((pred == 1) & (y == 1)))
-        tn = np.sum(w * ((pred == 0) & (y == 0)))
-        fp = np.sum(w * ((pred == 1) & (y == 0)))
-        fn = np.sum(w * ((pred == 0) & (y == 1)))
-        den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        scores.append((tp * tn - fp * fn) / den if den > 0 else 0.0)
+    scores = [balanced_mcc(y, (p > t).astype(int)) for t in cands]
     smooth = np.convolve(np.asarray(scores), np.ones(5) / 5, mode="same")
     return float(cands[int(np.argmax(smooth))])
 
@@ -92,5 +96,5 @@ def fit_calibration(z: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "raw": binary_metrics(y, p_raw),
         "calibrated": binary_metrics(y, p_cal),
         "final": binary_metrics(y, p_final),
-        "balanced_mcc_final": round(float(mcc_score(y, (p_final > 0.5).astype(int))), 4),
+        "balanced_mcc_final": round(balanced_mcc(y, (p_final > 0.5).astype(int)), 4),
     }

@@ -1,7 +1,7 @@
 """Fit the colour-cue tier's logistic regression (``assets/models/colour_cue.json``) on labelled photos.
 
 Features are those of :func:`roadminer.models.colour.colour_features`, computed on what a validator sends
-(224x224 JPEG q75 views at augmentation levels 0-3 when :mod:`roadminer.imaging.augment` is available).
+(224x224 JPEG q75 views at augmentation levels 0-3, :func:`roadminer.learning.views.validator_view`).
 Rows are weighted so that both labels and all sources count (see :func:`balanced_weights`), and the
 report gives leave-one-source-out numbers so the baseline is measured the same way as the classifier.
 """
@@ -75,10 +75,11 @@ def colour_loso_oof(samples: Sequence[Sample], feats: np.ndarray) -> np.ndarray:
     """Leave-one-source-out probabilities ``[levels, N]`` of the colour cue from features ``[levels, N, 5]``."""
     n_lv = feats.shape[0]
     y = np.array([s.label for s in samples])
-    w = balanced_weights(samples)
     oof = np.zeros((n_lv, len(samples)))
     for held, tr, va in leave_one_out_folds(samples, by="source"):
-        spec = _fit(feats[:, tr].reshape(-1, feats.shape[2]), np.tile(y[tr], n_lv), np.tile(w[tr], n_lv))
+        # Weights from the training part only: the held-out source's label counts must not shape the fit.
+        w = balanced_weights([samples[i] for i in tr])
+        spec = _fit(feats[:, tr].reshape(-1, feats.shape[2]), np.tile(y[tr], n_lv), np.tile(w, n_lv))
         oof[:, va] = _predict(spec, feats[:, va])
         logger.debug("colour fold {} done", held)
     return oof

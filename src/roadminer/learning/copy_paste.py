@@ -4,7 +4,7 @@ roadwork. The aim is a model that recognises the objects in any scene rather tha
 that happen to hold them.
 
 Without instance masks, each cut-out gets a feathered elliptical alpha so that box corners (background)
-fade out; brightness and contrast are matched partly to the spot it lands on.
+fade out; its brightness is moved half-way to that of the spot it lands on (its own contrast is kept).
 """
 
 from __future__ import annotations

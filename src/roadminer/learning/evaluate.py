@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from roadminer.learning.data import Sample
+from roadminer.validator.reward import mcc_binary
 
 DASHCAM_SOURCES = ("pranav", "camvid", "gtsdb")
 
@@ -34,12 +35,8 @@ def ece_score(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
 
 
 def mcc_score(y: np.ndarray, pred: np.ndarray) -> float:
-    tp = float(np.sum((pred == 1) & (y == 1)))
-    tn = float(np.sum((pred == 0) & (y == 0)))
-    fp = float(np.sum((pred == 1) & (y == 0)))
-    fn = float(np.sum((pred == 0) & (y == 1)))
-    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / den if den > 0 else 0.0
+    """Matthews correlation of 0/1 labels and predictions (0 when either is constant), as validators score."""
+    return mcc_binary(y, pred)
 
 
 def auc_score(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -135,7 +132,7 @@ def evaluate_router(
     from rich.progress import Progress
 
     from roadminer.cascade.tiers import ImageBatch
-    from roadminer.imaging.decode import encode_jpeg
+    from roadminer.imaging.decode import ImagePolicy, decode_rgb, encode_jpeg
     from roadminer.learning.views import augment_view
 
     rng = np.random.default_rng(seed)
@@ -151,8 +148,6 @@ def evaluate_router(
             for start in range(0, len(samples), batch_size):
                 chunk = samples[start : start + batch_size]
                 payloads = [encode_jpeg(augment_view(s.read_pil(), lv, rng)) for s in chunk]
-                from roadminer.imaging.decode import ImagePolicy, decode_rgb
-
                 rgb = [decode_rgb(b, ImagePolicy()) for b in payloads]
                 keys = [hashlib.sha256(b).hexdigest() for b in payloads]
                 res = router.predict(ImageBatch(rgb=rgb, payloads=payloads, keys=keys))

@@ -153,7 +153,7 @@ def train_candidate(
 def _fit_colour_single_source(samples: list[Any], out: Path, levels: list[int], seed: int) -> dict[str, Any]:
     import numpy as np
 
-    from roadminer.learning.colour_fit import compute_features
+    from roadminer.learning.colour_fit import _predict, compute_features
     from roadminer.learning.distill import fit_soft_logistic
     from roadminer.learning.evaluate import binary_metrics
     from roadminer.models.colour import FEATURE_NAMES
@@ -162,16 +162,13 @@ def _fit_colour_single_source(samples: list[Any], out: Path, levels: list[int], 
     x = feats.reshape(-1, feats.shape[2])
     y = np.tile([s.label for s in samples], len(levels)).astype(np.float64)
     spec = fit_soft_logistic(x, y)
-    z = ((x - np.asarray(spec["mean"])) / np.asarray(spec["scale"])) @ np.asarray(spec["coef"]) + spec[
-        "intercept"
-    ]
     spec.update(
         {
             "version": f"colour-{out.parent.name}",
             "features": list(FEATURE_NAMES),
             "levels": levels,
             "n": len(samples),
-            "pooled_in_sample": binary_metrics(y.astype(int), 1 / (1 + np.exp(-z))),
+            "pooled_in_sample": binary_metrics(y.astype(int), _predict(spec, x)),
         }
     )
     out.write_text(json.dumps(spec, indent=2) + "\n")

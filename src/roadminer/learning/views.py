@@ -12,10 +12,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from roadminer.imaging.augment import augment
-
-SIZE = 224
-JPEG_QUALITY = 75
+from roadminer.imaging.augment import JPEG_QUALITY, augment
+from roadminer.imaging.augment import TARGET_SIZE as SIZE
 
 
 def augment_view(

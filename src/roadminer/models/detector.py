@@ -2,9 +2,9 @@
 a small logistic head turns the detections into P(roadwork).
 
 Weights are ultralytics ``.pt`` checkpoints, which are pickles: this tier loads only a file the operator
-configured (absolute path) or one the project ships in ``assets/models/``, and only after its SHA-256
-matches the one recorded in the model card beside it (``NAME.card.json``) or given as the ``sha256``
-option. Nothing is fetched from the network.
+configured (absolute, or relative to the working directory) or one the project ships in ``assets/models/``,
+and only after its SHA-256 matches the one recorded in the model card beside it (``NAME.card.json``) or
+given as the ``sha256`` option. Nothing is fetched from the network.
 
 The card (JSON) holds::
 

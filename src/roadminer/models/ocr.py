@@ -64,7 +64,6 @@ _DIGIT_FIX = str.maketrans({"0": "O", "1": "I", "5": "S", "8": "B"})
 def normalise(text: str) -> str:
     """Upper case, umlauts folded, OCR digit slips in words fixed, punctuation dropped."""
     t = text.upper().replace("Ä", "AE").replace("Ö", "OE").replace("Ü", "UE").replace("ß", "SS")
-    t = t.replace("Ä", "A")
     words = []
     for w in _CLEAN.sub(" ", t).split():
         if any(c.isalpha() for c in w):

@@ -42,6 +42,16 @@ class ErrorBody(BaseModel):
     message: str
 
 
+def error_body(error: str, message: str) -> bytes:
+    """The JSON error body; text the caller sent that is not UTF-8 (surrogate escapes from the
+    headers, echoed in refusal messages) is backslash-escaped instead of failing the encoding."""
+
+    def safe(text: str) -> str:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    return ErrorBody(error=safe(error), message=safe(message)).model_dump_json().encode()
+
+
 class BtAuthError(Exception):
     def __init__(self, status: int, error: str, message: str) -> None:
         super().__init__(message)
@@ -55,10 +65,13 @@ class AsyncNonceStore(Protocol):
 
 
 class _CaptureStore:
-    """Passed to ``http_auth.verify``: records the pair it would accept; the async store decides."""
+    """Passed to ``http_auth.verify``: records the pair it would accept; the async store decides.
+    Carries that store's ``retention`` so ``http_auth`` still refuses one that forgets nonces before
+    the freshness window ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, retention: float | None = None) -> None:
         self.seen: tuple[str, int] | None = None
+        self.retention = retention
 
     def check_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
         self.seen = (hotkey_ss58, nonce_ns)
@@ -88,7 +101,7 @@ async def verify_request(
     """Returns the authenticated caller hotkey or raises ``BtAuthError(401, ...)``."""
     from bittensor import http_auth
 
-    capture = _CaptureStore()
+    capture = _CaptureStore(getattr(nonce_store, "retention", None))
     try:
         caller = http_auth.verify(
             dict(headers),

@@ -476,25 +476,17 @@ class MinerRoutes:
             resp = btauth.RoadworkResponse(
                 prediction=pred.prob,
                 tier=pred.tier,
-                model_version=str(self.b.model_info()["model_version"]),
+                model_version=self.b.model_version(),
                 latency_ms=(time.perf_counter() - t0) * 1000,
                 request_id=req.request_id,
             )
             status, out = 200, resp.model_dump_json().encode()
             self.b.observe(sender, raw, key, pred, t0, "btauth")
         except btauth.BtAuthError as e:
-            status, out = (
-                e.status,
-                btauth.ErrorBody(error=e.error, message=e.message).model_dump_json().encode(),
-            )
+            status, out = e.status, btauth.error_body(e.error, e.message)
         except Exception as e:
             logger.opt(exception=e).error("btauth handler failed")
-            status, out = (
-                500,
-                btauth.ErrorBody(error="internal", message="Internal Server Error")
-                .model_dump_json()
-                .encode(),
-            )
+            status, out = 500, btauth.error_body("internal", "Internal Server Error")
         finally:
             guards.shedder.leave()
             INFLIGHT.dec()

@@ -146,9 +146,15 @@ class MicroBatcher:
             BATCHER_DEPTH.set(self._queue.qsize())
             for err in result.errors:  # "tier: what" per failing tier (the router answered from earlier tiers)
                 TIER_ERRORS.labels(tier=err.partition(":")[0].strip() or "unknown").inc()
-            version = predictor_version(predictor)
-            for i, it in enumerate(items):
-                if not it.future.done():
-                    it.future.set_result(Answer(float(result.prob[i]), result.exit_tier[i], len(items),
-                                                (t0 - it.enqueued) * 1000, model_ms,
-                                                answer_tier_probs(result, i), version))
+            try:
+                version = predictor_version(predictor)
+                for i, it in enumerate(items):
+                    if not it.future.done():
+                        it.future.set_result(Answer(float(result.prob[i]), result.exit_tier[i], len(items),
+                                                    (t0 - it.enqueued) * 1000, model_ms,
+                                                    answer_tier_probs(result, i), version))
+            except Exception as e:  # a malformed result (too few answers) must not end this worker
+                logger.opt(exception=e).error("batch of {} returned an unusable result", len(items))
+                for it in items:
+                    if not it.future.done():
+                        it.future.set_exception(RuntimeError(f"model result unusable: {type(e).__name__}"))

@@ -3,7 +3,8 @@ request size. Each returns a ``Refusal`` (HTTP status + caller-safe message) or 
 
 Order in the routes: blacklist and priority from the headers alone (before the body is read), then
 the signature, then the rate limit (after authentication, so nobody can drain a validator's bucket by
-claiming its hotkey), then size limits while reading the body.
+claiming its hotkey). Size limits apply while reading the body: after the rate limit on SN72, before
+the signature on btauth/1 (whose signature covers the body's hash).
 """
 
 from __future__ import annotations

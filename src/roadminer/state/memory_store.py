@@ -39,6 +39,11 @@ class _Stream:
     last_id: tuple[int, int] = (0, 0)
 
 
+# Expired keys are also swept this often (on a write): keys written once and never read again (btauth
+# nonces, result-cache entries) would otherwise stay in memory forever under lazy expiry.
+SWEEP_INTERVAL_S = 30.0
+
+
 class MemoryStore(StateStore):
     backend = "memory"
 
@@ -50,6 +55,7 @@ class MemoryStore(StateStore):
         self._zsets: dict[str, list[tuple[float, bytes]]] = {}
         self._sets: dict[str, set[str]] = {}
         self._streams: dict[str, _Stream] = {}
+        self._next_sweep = time.time() + SWEEP_INTERVAL_S
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -68,11 +74,21 @@ class MemoryStore(StateStore):
         return self._kv[k] if self._alive(k) else None
 
     def _set(self, k: str, value: bytes, ttl: float | None) -> None:
+        now = time.time()
+        if now >= self._next_sweep:
+            self._sweep(now)
         self._kv[k] = bytes(value)
         if ttl is not None and ttl > 0:
-            self._expiry[k] = time.time() + ttl
+            self._expiry[k] = now + ttl
         else:
             self._expiry.pop(k, None)
+
+    def _sweep(self, now: float) -> None:
+        """Drop every expired key (Redis expires keys actively too)."""
+        for k in [k for k, exp in self._expiry.items() if exp <= now]:
+            self._kv.pop(k, None)
+            self._expiry.pop(k, None)
+        self._next_sweep = now + SWEEP_INTERVAL_S
 
     async def set_bytes(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self._set(self._k(key), value, ttl)

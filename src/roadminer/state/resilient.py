@@ -40,6 +40,7 @@ class ResilientStore(StateStore):
         self._backoff = min_backoff_s
         self._next_try = 0.0
         self._recover_lock = asyncio.Lock()
+        self._recovery: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self.fallbacks = 0
         STATE_BACKEND_UP.labels(backend=self.backend).set(1)
@@ -54,7 +55,15 @@ class ResilientStore(StateStore):
         self._backoff = min(self._backoff * 2, self.max_backoff_s)
 
     async def _recover(self) -> None:
-        """Redis answered again: hand back what the fallback holds, then switch over."""
+        """Redis answered again: hand back what the fallback holds, then switch over.
+
+        The hand-back runs as its own task: a caller cancelled half-way (a request's look-up timeout)
+        must not abort it, or what was already drained from memory would be lost."""
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._hand_back())
+        await asyncio.shield(self._recovery)
+
+    async def _hand_back(self) -> None:
         async with self._recover_lock:
             if self.up:
                 return
@@ -87,6 +96,8 @@ class ResilientStore(StateStore):
 
     async def _call(self, op: Callable[[StateStore], Awaitable[T]]) -> T:
         if not self.up and time.monotonic() >= self._next_try:
+            # Claim the probe: concurrent requests keep using memory instead of each waiting on a ping.
+            self._next_try = time.monotonic() + self._backoff
             if await self.primary.ping():
                 await self._recover()
             else:
@@ -95,7 +106,8 @@ class ResilientStore(StateStore):
             try:
                 return await op(self.primary)
             except StateError as e:
-                self._mark_down(e)
+                if self.up:  # requests failing together back off once, not once each
+                    self._mark_down(e)
         self.fallbacks += 1
         STATE_FALLBACKS.inc()
         return await op(self.fallback)

@@ -70,8 +70,6 @@ def process_weights(
     if n == 0:
         return WeightVector([], [], [], [], True, version_key)
     if nonzero.size < max(1, min_allowed_weights):
-        w = np.zeros(n)
-        w[burn_uid if burn_uid < n else 0] = 1.0
         uids = [int(burn_uid if burn_uid < n else 0)]
         return WeightVector(uids, [1.0], [U16_MAX], uids, True, version_key)
     limited = normalize_max_weight(raw[nonzero], limit=max_weight_limit)
