@@ -37,6 +37,8 @@ class FakeVLLM:
             self.headers.append(dict(request.headers))
             if self.mode == "slow":
                 await asyncio.sleep(1.5)
+            if self.mode == "queue":  # each answer takes 0.3 s: a serial client runs out of batch deadline
+                await asyncio.sleep(0.3)
             if self.mode == "error":
                 return web.json_response({"error": "boom"}, status=500)
             url = body["messages"][-1]["content"][0]["image_url"]["url"]
@@ -168,3 +170,20 @@ def test_unreachable_server_does_not_fail_the_cascade() -> None:
     finally:
         vlm.close()
     assert res.exit_tier == ["cheap"] and res.prob[0] == pytest.approx(0.7)
+
+
+def test_batch_deadline_keeps_the_answers_that_arrived(server: FakeVLLM) -> None:
+    """With one request at a time, a batch larger than the deadline allows is answered in part: the VLM's
+    answers that arrived count, the rest keep the earlier tier's answer (nothing waits for the batch)."""
+    server.mode = "queue"
+    vlm = build_tier("vlm_vllm", "vlm", {"base_url": server.base_url, "timeout_s": 0.8, "max_concurrency": 1})
+    router = EarlyExitRouter([ConstTier(), vlm], [1.0, 2.0], [None, None])
+    try:
+        res = router.predict(ImageBatch(rgb=[_img(255)] * 8))
+    finally:
+        vlm.close()
+    answered = ~np.isnan(res.tier_probs["vlm"])
+    assert 1 <= answered.sum() < 8, res.tier_probs["vlm"]
+    assert all(t == ("vlm" if a else "cheap") for t, a in zip(res.exit_tier, answered, strict=True))
+    np.testing.assert_allclose(res.prob[~answered], 0.7)
+    assert np.all(res.prob[answered] > 0.7)  # a confident Yes pooled with the cheap tier's 0.7

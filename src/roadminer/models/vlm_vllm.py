@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import math
 import threading
 from pathlib import Path
@@ -134,13 +135,33 @@ class VLLMTier(Tier):
         return p_yes_from_logprobs(content[0])
 
     async def _ask_all(self, jpegs: list[bytes]) -> list[float | BaseException]:
-        return await asyncio.gather(*(self._ask(j) for j in jpegs), return_exceptions=True)
+        """One deadline for the whole batch: images still queued behind ``max_concurrency`` or unanswered
+        when it passes are cancelled and reported as timeouts (they keep the earlier tiers' answer), while
+        the answers that did arrive are kept."""
+        tasks = [asyncio.ensure_future(self._ask(j)) for j in jpegs]
+        _, pending = await asyncio.wait(tasks, timeout=self.timeout_s + 1.0)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        out: list[float | BaseException] = []
+        for t in tasks:
+            if t in pending:
+                out.append(TimeoutError(f"no answer within the {self.timeout_s + 1.0:.1f} s batch deadline"))
+            elif t.exception() is not None:
+                out.append(t.exception())  # type: ignore[arg-type]
+            else:
+                out.append(t.result())
+        return out
 
     def predict(self, batch: ImageBatch) -> TierOutput:
         jpegs = list(batch.payloads) if len(batch.payloads) == len(batch) else [encode_jpeg(x, 90)
                                                                                for x in batch.rgb]
         fut = asyncio.run_coroutine_threadsafe(self._ask_all(jpegs), self._loop)
-        results = fut.result(self.timeout_s + 5.0)
+        try:
+            results = fut.result(self.timeout_s + 5.0)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()  # do not leave the batch's requests running on the client loop
+            raise
         out = np.full(len(batch), np.nan)
         failures: list[str] = []
         for i, r in enumerate(results):
