@@ -17,13 +17,14 @@ Levels (drawn uniformly from 0..3 by the validator):
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from roadminer.imaging.decode import encode_jpeg
 
 TARGET_SIZE = 224
 JPEG_QUALITY = 75
@@ -314,12 +315,6 @@ def augment(
     return augment_with_params(img, level, rng, reference_flip_bug=reference_flip_bug)[0]
 
 
-def encode_challenge(img: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def challenge_jpeg(
     img: Image.Image | np.ndarray,
     level: int,
@@ -329,4 +324,4 @@ def challenge_jpeg(
     quality: int = JPEG_QUALITY,
 ) -> bytes:
     """The bytes a validator sends: augmented at ``level``, 224x224, JPEG quality 75."""
-    return encode_challenge(augment(img, level, rng, reference_flip_bug=reference_flip_bug), quality)
+    return encode_jpeg(augment(img, level, rng, reference_flip_bug=reference_flip_bug), quality)

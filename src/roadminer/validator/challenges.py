@@ -17,8 +17,8 @@ import numpy as np
 from loguru import logger
 from PIL import Image
 
-from roadminer.imaging.augment import augment_with_params, encode_challenge, random_level
-from roadminer.imaging.decode import to_b64
+from roadminer.imaging.augment import augment_with_params, random_level
+from roadminer.imaging.decode import encode_jpeg, to_b64
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CLASS_DIRS = {1: "roadwork", 0: "no_roadwork"}
@@ -184,7 +184,7 @@ def make_challenge(
     img, ref = source.sample(label, rng)
     lvl = random_level(rng) if level is None else int(level)
     aug, params = augment_with_params(img, lvl, rng, reference_flip_bug=reference_flip_bug)
-    return Challenge(label=label, level=lvl, jpeg=encode_challenge(aug), source=ref, params=params.to_dict())
+    return Challenge(label=label, level=lvl, jpeg=encode_jpeg(aug), source=ref, params=params.to_dict())
 
 
 class ShuffledDeck:
