@@ -19,9 +19,9 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 
 from _miner_helpers import ALICE, jpeg_b64, run_miner
+from roadminer.miner.backend import RunningMiner
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner
-from roadminer.serving.app import RunningMiner
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 # Fuzz cases run per kind, printed at the end of each fuzz module (``pytest -s``).
@@ -46,7 +46,7 @@ def fuzz_settings(examples: int) -> settings:
 
 def internal_errors() -> float:
     """Requests answered with a 5xx other than 503 (load shedding) so far, all routes and callers."""
-    from roadminer.metrics import REQUESTS
+    from roadminer.core.metrics import REQUESTS
 
     total = 0.0
     for metric in REQUESTS.collect():

@@ -12,13 +12,13 @@ import numpy as np
 from PIL import Image
 
 from roadminer.cascade.router import CascadeResult
-from roadminer.cascade.tiers import ImageBatch
 from roadminer.chain.local import LocalChainView
-from roadminer.config import Settings
+from roadminer.core.config import Settings
 from roadminer.imaging.decode import encode_jpeg, to_b64
+from roadminer.miner.backend import RunningMiner, start_miner
+from roadminer.models.base import ImageBatch
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner
-from roadminer.serving.app import RunningMiner, start_miner
 
 ALICE = HotkeySigner.from_uri("//Alice")  # validator, high stake
 BOB = HotkeySigner.from_uri("//Bob")  # validator, medium stake

@@ -29,9 +29,9 @@ from _miner_helpers import (
     settings_for,
     sn72_call,
 )
+from roadminer.miner.backend import RunningMiner
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner
-from roadminer.serving.app import RunningMiner
 
 MALLORY = HotkeySigner.from_uri("//Mallory")  # not on the chain; tries to pass as others
 

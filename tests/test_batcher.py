@@ -4,9 +4,9 @@ import threading
 import numpy as np
 
 from roadminer.cascade.router import CascadeResult, EarlyExitRouter
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput
+from roadminer.miner.batcher import MicroBatcher
+from roadminer.models.base import ImageBatch, Tier, TierOutput
 from roadminer.models.colour import ColourCueTier
-from roadminer.serving.batcher import MicroBatcher
 
 
 class RecordingTier(Tier):

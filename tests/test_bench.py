@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from roadminer.bench.harness import BenchConfig, challenge_b64, measure_engine, run_bench, synthetic_jpegs
-from roadminer.cascade.tiers import ImageBatch, build_tier
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg, to_b64
-from roadminer.models.fast_gpu import FastImageEngine, fold_batchnorm, jpeg_size, resolve_backbone
+from roadminer.models.base import ImageBatch, build_tier
+from roadminer.models.engines.fast_gpu import FastImageEngine, fold_batchnorm, jpeg_size, resolve_backbone
 
 
 @pytest.fixture(scope="module")

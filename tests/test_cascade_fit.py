@@ -10,7 +10,7 @@ import pytest
 from roadminer.cascade.consensus import ConsensusParams, fit_stacking, logit
 from roadminer.cascade.fit import fit_cascade, fit_thresholds, mcc, simulate
 from roadminer.cascade.router import EarlyExitRouter
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput
+from roadminer.models.base import ImageBatch, Tier, TierOutput
 
 
 def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from roadminer.cascade.consensus import ConsensusParams
 from roadminer.cascade.router import EarlyExitRouter
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, register_tier
-from roadminer.config import CascadeConfig, TierConfig, load_settings
+from roadminer.core.config import CascadeConfig, TierConfig, load_settings
+from roadminer.models.base import ImageBatch, Tier, TierOutput, register_tier
 
 
 class RedTier(Tier):

@@ -10,8 +10,8 @@ import pytest
 
 from roadminer.cascade.consensus import ConsensusParams, fit_stacking
 from roadminer.cascade.fit import grouped_cv, mcc
-from roadminer.learning.data import Sample
-from roadminer.learning.stack import load_oof, stack_from_oof, summary_table
+from roadminer.cascade.stack import load_oof, stack_from_oof, summary_table
+from roadminer.training.data import Sample
 
 
 def _tiers(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,9 +76,9 @@ def test_stack_from_oof_files(tmp_path: Path) -> None:
 
 def test_default_cascade_builds_both_shipped_classifiers_with_the_fitted_consensus() -> None:
     from roadminer.cascade.router import EarlyExitRouter
-    from roadminer.cascade.tiers import ImageBatch
-    from roadminer.config import CascadeConfig
+    from roadminer.core.config import CascadeConfig
     from roadminer.imaging.scenes import draw_scene, scene_rng
+    from roadminer.models.base import ImageBatch
 
     cfg = CascadeConfig()
     if not cfg.consensus_file or not Path(cfg.consensus_file).is_file():

@@ -7,7 +7,7 @@ import time
 
 from roadminer.chain.base import build_chain
 from roadminer.chain.local import LocalChainView
-from roadminer.config import Settings
+from roadminer.core.config import Settings
 from roadminer.protocol.keys import ss58_from_uri
 
 

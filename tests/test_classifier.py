@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from roadminer.cascade.tiers import ImageBatch
 from roadminer.imaging.scenes import draw_scene, scene_rng
+from roadminer.models.base import ImageBatch
 from roadminer.models.classifier import (
     DEFAULT_MODEL,
     ClassifierTier,
@@ -66,7 +66,7 @@ def test_shipped_default_model_and_card() -> None:
 
 def test_default_cascade_loads_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
     from roadminer.cascade.router import EarlyExitRouter
-    from roadminer.config import Settings
+    from roadminer.core.config import Settings
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     router = EarlyExitRouter.from_config(Settings().cascade)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from roadminer.config import Settings, dotted_to_nested, load_settings
+from roadminer.core.config import Settings, dotted_to_nested, load_settings
 
 
 def test_defaults() -> None:

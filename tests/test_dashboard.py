@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from roadminer.config import Settings, StateConfig
+from roadminer.core.config import Settings, StateConfig
 from roadminer.dashboard.app import build_dashboard_app, mount_dashboard, parse_window, render_page
 from roadminer.dashboard.data import DashboardData, QueueSampler, record_model_event
 from roadminer.state.history import ChainSnapshot

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from roadminer.config import StateConfig
+from roadminer.core.config import StateConfig
+from roadminer.core.metrics import render
 from roadminer.dashboard.charts import timeline_chart
 from roadminer.dashboard.data import refresh_reward_gauges
-from roadminer.metrics import render
 from roadminer.state.layer import StateLayer
 
 
@@ -34,7 +34,7 @@ async def test_reward_gauges_follow_history() -> None:
     try:
         for i in range(12):
             await state.rewards.record_outcome("5Fvalidatorhk", 0.9 if i % 2 else 0.1, i % 2)
-        from roadminer.metrics import MCC
+        from roadminer.core.metrics import MCC
 
         MCC.labels(validator="5Fvalidatorhk").set(-1.0)  # as if another process had recorded the outcomes
         await refresh_reward_gauges(state)

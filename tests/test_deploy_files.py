@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roadminer.config import load_settings
-from roadminer.metrics import REGISTRY
-from roadminer.ops.planner import make_plan
+from roadminer.core.config import load_settings
+from roadminer.core.metrics import REGISTRY
+from roadminer.deploy.planner import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"

@@ -13,16 +13,7 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("ultralytics", reason="ultralytics is in the train extra")
 
-from roadminer.cascade.tiers import ImageBatch, build_tier
-from roadminer.learning.data import Box, load_dataset
-from roadminer.learning.detector_train import (
-    build_yolo_dataset,
-    choose_split,
-    image_level_metrics,
-    read_eval,
-    split_key,
-    square_crop,
-)
+from roadminer.models.base import ImageBatch, build_tier
 from roadminer.models.detector import (
     apply_head,
     card_path_for,
@@ -30,6 +21,15 @@ from roadminer.models.detector import (
     detection_features,
     fit_head,
     sha256_file,
+)
+from roadminer.training.data import Box, load_dataset
+from roadminer.training.detector_train import (
+    build_yolo_dataset,
+    choose_split,
+    image_level_metrics,
+    read_eval,
+    split_key,
+    square_crop,
 )
 
 
@@ -184,7 +184,7 @@ def test_dataset_builder_layout(tmp_path: Path) -> None:
 
 
 def test_image_level_metrics_grouped() -> None:
-    from roadminer.learning.detector_train import EvalItem
+    from roadminer.training.detector_train import EvalItem
 
     rng = np.random.default_rng(0)
     items, feats = [], []
@@ -216,7 +216,7 @@ def test_shipped_detector_loads_verified() -> None:
 
 def test_train_detector_end_to_end(tmp_path: Path) -> None:
     """One tiny epoch on drawn scenes: weights, a card whose sha256 matches, metrics, a loadable tier."""
-    from roadminer.learning.detector_train import train_detector
+    from roadminer.training.detector_train import train_detector
 
     _make_folder(tmp_path / "src")
     card = train_detector(
@@ -255,7 +255,7 @@ def test_loading_ultralytics_leaves_pil_open_alone() -> None:
 
 
 def test_square_copy_keeps_boxes_groups_and_size(tmp_path: Path) -> None:
-    from roadminer.learning.detector_train import export_square_copy
+    from roadminer.training.detector_train import export_square_copy
 
     _make_folder(tmp_path / "src")
     info = export_square_copy(tmp_path / "src", tmp_path / "sq", size=64)

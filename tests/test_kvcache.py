@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from roadminer.state.kvcache import (  # noqa: E402
+from roadminer.models.vlm.prefix_kv import (  # noqa: E402
     PrefixKV,
     PrefixKVCache,
     RedisBytes,
@@ -105,7 +105,7 @@ def test_corrupt_entry_and_redis_outage_fall_back_to_compute(redis_url: str) -> 
 
 
 def test_state_store_adapter_drives_the_async_store(redis_url: str) -> None:
-    from roadminer.state.redis_store import RedisStore
+    from roadminer.state.backends.redis_store import RedisStore
 
     loop = asyncio.new_event_loop()
     import threading
@@ -129,8 +129,8 @@ CHILD = textwrap.dedent("""
     os.environ["HF_HUB_OFFLINE"] = "1"
     import numpy as np, torch
     from transformers import AutoProcessor
-    from roadminer.models.vlm_hf import HFVLMTier
-    from roadminer.models.vlm_random import random_qwen2vl
+    from roadminer.models.vlm.hf import HFVLMTier
+    from roadminer.models.vlm.random_qwen import random_qwen2vl
     proc_dir, redis_url = sys.argv[1], sys.argv[2]
     processor = AutoProcessor.from_pretrained(proc_dir)
     model = random_qwen2vl(processor, "tiny", seed=0)
@@ -155,7 +155,7 @@ def _child(script: Path, proc_dir: Path, redis_url: str) -> dict:
 
 
 def test_second_process_warm_starts_from_redis(tmp_path: Path, redis_url: str) -> None:
-    from roadminer.models.vlm_random import build_local_processor
+    from roadminer.models.vlm.random_qwen import build_local_processor
 
     proc_dir = build_local_processor(tmp_path / "proc", max_pixels=56 * 56)
     script = tmp_path / "child.py"

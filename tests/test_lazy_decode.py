@@ -14,8 +14,8 @@ import pytest
 
 from _miner_helpers import ALICE, btauth_call, jpeg_b64, png_b64, run_miner, scene, settings_for, sn72_call
 from roadminer.cascade.router import CascadeResult, EarlyExitRouter
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, needs_decoded_images
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg, probe_image
+from roadminer.models.base import ImageBatch, Tier, TierOutput, needs_decoded_images
 
 
 class CountingDecoder:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from roadminer.imaging.scenes import draw_scene, scene_rng
-from roadminer.learning.data import (
+from roadminer.training.data import (
     DatasetError,
     Sample,
     balanced_weights,
@@ -129,7 +129,7 @@ def test_splits_never_cut_a_group(tmp_path: Path) -> None:
 
 
 def test_balanced_weights_equal_labels_and_damp_big_sources() -> None:
-    from roadminer.learning.data import Sample
+    from roadminer.training.data import Sample
 
     samples = [Sample(label=0, source="big") for _ in range(90)] + [Sample(label=0, source="small") for _ in range(10)]
     samples += [Sample(label=1, source="pos") for _ in range(5)]
@@ -143,7 +143,7 @@ def test_balanced_weights_equal_labels_and_damp_big_sources() -> None:
 
 def test_colour_loso_fold_ignores_held_out_labels() -> None:
     """The fit that scores a held-out source sees nothing of that source, its label counts included."""
-    from roadminer.learning.colour_fit import colour_loso_oof
+    from roadminer.training.colour_fit import colour_loso_oof
 
     rng = np.random.default_rng(0)
     n = 30

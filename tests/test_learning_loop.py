@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roadminer.cascade.tiers import ImageBatch
-from roadminer.config import load_settings
+from roadminer.core.config import load_settings
 from roadminer.imaging.decode import ImagePolicy, decode_rgb, encode_jpeg
 from roadminer.imaging.scenes import draw_scene, scene_rng, write_scene_folder
-from roadminer.learning.distill import distill
-from roadminer.learning.loop import LearningLoop, parse_every
-from roadminer.learning.promote import gate, promote
-from roadminer.learning.registry import ModelRegistry, RegistryError
-from roadminer.learning.reload import build_router
-from roadminer.learning.views import validator_view
+from roadminer.imaging.views import validator_view
+from roadminer.lifecycle.distill import distill
+from roadminer.lifecycle.loop import LearningLoop, parse_every
+from roadminer.lifecycle.promote import gate, promote
+from roadminer.lifecycle.registry import ModelRegistry, RegistryError
+from roadminer.miner.reload import build_router
+from roadminer.models.base import ImageBatch
+from roadminer.state.backends.memory import MemoryStore
 from roadminer.state.layer import RequestInfo, StateLayer
-from roadminer.state.memory_store import MemoryStore
 
 # A near-uninformative colour model: a faint yellow cue only, answers hug 0.5.
 WEAK = {"coef": [0.0, 0.0, 0.0, 0.15, 0.0], "intercept": -0.05, "version": "colour-weak"}
@@ -95,8 +95,8 @@ async def test_loop_improves_weak_model_and_promotes(tmp_path: Path) -> None:
 
 def _fitted_colour(tmp_path: Path) -> Path:
     """A colour model fitted on a few labelled drawn scenes (a decent model to compare with)."""
-    from roadminer.learning.data import load_dataset
-    from roadminer.learning.loop import _fit_colour_single_source
+    from roadminer.lifecycle.loop import _fit_colour_single_source
+    from roadminer.training.data import load_dataset
 
     write_scene_folder(tmp_path / "fit", 20, seed=3, size=224)
     out = tmp_path / "fit_model" / "colour_cue.json"
@@ -146,7 +146,7 @@ async def test_distill_cascade_into_colour_student(tmp_path: Path) -> None:
     settings.cascade.tiers.append(settings.cascade.tiers[0].model_copy(update=teacher))
     data = tmp_path / "unlabelled_pool"
     write_scene_folder(data, 25, seed=55, size=224)
-    from roadminer.learning.data import load_dataset
+    from roadminer.training.data import load_dataset
 
     samples = load_dataset(data)
     card = distill(

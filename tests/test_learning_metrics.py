@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roadminer.learning.calibrate import fit_calibration, fit_temperature
-from roadminer.learning.evaluate import auc_score, binary_metrics, ece_score, mcc_score
+from roadminer.training.calibrate import fit_calibration, fit_temperature
+from roadminer.training.evaluate import auc_score, binary_metrics, ece_score, mcc_score
 
 
 def test_metrics_match_sklearn() -> None:
@@ -61,7 +61,7 @@ def test_calibration_with_one_label_is_identity() -> None:
 
 
 def test_balanced_mcc_weights_both_labels_equally() -> None:
-    from roadminer.learning.calibrate import balanced_mcc
+    from roadminer.training.calibrate import balanced_mcc
 
     # 1 positive, 9 negatives; one negative wrong. Balanced: TPR 1, TNR 8/9 on a 50/50 reweighting.
     y = np.array([1] + [0] * 9)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from roadminer.learning.copy_paste import ObjectBank
-from roadminer.learning.data import Box, Sample, export_downsized, load_image_folder
+from roadminer.training.copy_paste import ObjectBank
+from roadminer.training.data import Box, Sample, export_downsized, load_image_folder
 
 
 def _cone_photo() -> bytes:
@@ -55,7 +55,7 @@ def test_export_downsized_keeps_layout_boxes_and_groups(tmp_path: Path) -> None:
 
 
 def test_card_markdown_has_cv_table() -> None:
-    from roadminer.learning.card import render_markdown
+    from roadminer.training.card import render_markdown
 
     metric = {"n": 8, "positives": 4, "negatives": 4, "mcc": 0.5, "auc": 0.8, "recall": 0.75, "fpr": 0.25}
     report = {

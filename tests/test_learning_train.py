@@ -22,8 +22,8 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from roadminer.config import TrainConfig
-    from roadminer.learning.train import train
+    from roadminer.core.config import TrainConfig
+    from roadminer.training.train import train
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("models") / "tiny"
@@ -35,7 +35,7 @@ def trained(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_loadable_model_and_card(trained: Path) -> None:
-    from roadminer.cascade.tiers import ImageBatch, build_tier
+    from roadminer.models.base import ImageBatch, build_tier
 
     card = json.loads((trained / "card.json").read_text())
     assert card["arch"] == "efficientnet-lite0" and card["train_config"]["levels"] == [0, 1, 2, 3]
@@ -49,8 +49,8 @@ def test_train_writes_loadable_model_and_card(trained: Path) -> None:
 
 
 def test_fine_tune_from_checkpoint_with_extra_dirs(trained: Path, scenes: Path, tmp_path: Path) -> None:
-    from roadminer.config import TrainConfig
-    from roadminer.learning.train import train
+    from roadminer.core.config import TrainConfig
+    from roadminer.training.train import train
 
     extra = tmp_path / "hard"
     write_scene_folder(extra, 2, seed=9, size=(160, 120))

@@ -24,10 +24,10 @@ import pytest
 
 from _miner_helpers import MINER, SlowPredictor, jpeg_b64, run_miner
 from roadminer.chain.local import LocalChainView
-from roadminer.config import Settings
+from roadminer.core.config import Settings
+from roadminer.miner.backend import RunningMiner
 from roadminer.protocol import sn72
 from roadminer.protocol.keys import HotkeySigner
-from roadminer.serving.app import RunningMiner
 
 pytestmark = pytest.mark.slow
 

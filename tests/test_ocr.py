@@ -51,13 +51,13 @@ def ocr_tier():
         import rapidocr_onnxruntime  # noqa: F401
     except ImportError as e:
         pytest.skip(f"rapidocr-onnxruntime cannot be imported ({e}); it is in the train extra")
-    from roadminer.cascade.tiers import build_tier
+    from roadminer.models.base import build_tier
 
     return build_tier("ocr", "ocr", {"threads": 1})
 
 
 def test_ocr_tier_reads_work_zone_sign(ocr_tier) -> None:
-    from roadminer.cascade.tiers import ImageBatch
+    from roadminer.models.base import ImageBatch
 
     sign = _road(["ROAD WORK", "AHEAD"])
     plain = _road(None)
@@ -73,7 +73,7 @@ def test_ocr_tier_reads_work_zone_sign(ocr_tier) -> None:
 
 
 def test_ocr_tier_survives_odd_images(ocr_tier) -> None:
-    from roadminer.cascade.tiers import ImageBatch
+    from roadminer.models.base import ImageBatch
 
     tiny = np.zeros((8, 8, 3), dtype=np.uint8)
     flat = np.full((224, 224, 3), 255, dtype=np.uint8)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from roadminer.bench.harness import synthetic_jpegs
-from roadminer.cascade.tiers import ImageBatch, build_tier
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb
-from roadminer.models.fast_gpu import FastImageEngine, resolve_backbone
-from roadminer.models.onnx_cpu import OnnxCpuEngine
+from roadminer.models.base import ImageBatch, build_tier
+from roadminer.models.engines.fast_gpu import FastImageEngine, resolve_backbone
+from roadminer.models.engines.onnx_cpu import OnnxCpuEngine
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from roadminer.cli import app
-from roadminer.config import Settings, TierConfig, load_settings
-from roadminer.ops.planner import (
+from roadminer.core.config import Settings, TierConfig, load_settings
+from roadminer.deploy.planner import (
     GIB,
     PlanError,
     check_plan,

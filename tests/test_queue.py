@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from roadminer.imaging.decode import encode_jpeg
-from roadminer.serving.batcher import Answer
+from roadminer.miner.batcher import Answer
+from roadminer.state.backends.memory import MemoryStore
+from roadminer.state.backends.redis_store import RedisStore
 from roadminer.state.layer import RequestInfo, StateLayer
-from roadminer.state.memory_store import MemoryStore
 from roadminer.state.queue import HardExamplePolicy, HardExampleQueue, Reason
-from roadminer.state.redis_store import RedisStore
 from roadminer.state.store import StateStore
 
 
@@ -105,14 +105,14 @@ async def test_claim_ack_and_export(store: StateStore, tmp_path: Path) -> None:
     assert rows[h4]["label_origin"] == "teacher" and rows[h4]["file"].startswith("roadwork/")
     assert all((out / r["file"]).is_file() for r in rows.values())
 
-    from roadminer.learning.data import load_image_folder
+    from roadminer.training.data import load_image_folder
 
     samples = load_image_folder(out)
     assert len(samples) == 4 and {s.source for s in samples} == {"hard_examples"}
 
 
 async def test_observe_hook_records_and_queues(store: StateStore) -> None:
-    from roadminer.config import StateConfig
+    from roadminer.core.config import StateConfig
 
     layer = StateLayer.from_config(StateConfig(), store=store)
     img = _jpeg(7)

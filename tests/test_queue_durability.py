@@ -7,14 +7,14 @@ import hashlib
 
 import numpy as np
 
+from roadminer.core.metrics import REGISTRY
 from roadminer.imaging.decode import encode_jpeg
-from roadminer.metrics import REGISTRY
-from roadminer.serving.batcher import Answer
+from roadminer.miner.batcher import Answer
+from roadminer.state.backends.memory import MemoryStore
+from roadminer.state.backends.redis_store import RedisStore
+from roadminer.state.backends.resilient import ResilientStore
 from roadminer.state.layer import RequestInfo, StateLayer
-from roadminer.state.memory_store import MemoryStore
 from roadminer.state.queue import HardExampleQueue
-from roadminer.state.redis_store import RedisStore
-from roadminer.state.resilient import ResilientStore
 
 
 def _jpeg(seed: int) -> bytes:

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 from _miner_helpers import ALICE, BOB, CHARLIE, MINER, run_miner, scene, settings_for, sn72_call
+from roadminer.core.metrics import REGISTRY
 from roadminer.imaging.decode import encode_jpeg, to_b64
-from roadminer.metrics import REGISTRY
 from roadminer.protocol import sn72
-from roadminer.state.memory_store import MemoryStore
+from roadminer.state.backends.memory import MemoryStore
+from roadminer.state.backends.redis_store import RedisStore
+from roadminer.state.backends.resilient import ResilientStore
 from roadminer.state.nonce import NonceStore
 from roadminer.state.queue import HardExampleQueue
-from roadminer.state.redis_store import RedisStore
-from roadminer.state.resilient import ResilientStore
 
 PREFIX = "rmfault:"
 

@@ -26,9 +26,9 @@ from _miner_helpers import (
     sn72_call,
 )
 from roadminer.cascade.router import CascadeResult
-from roadminer.cascade.tiers import ImageBatch
 from roadminer.chain.local import LocalChainView
-from roadminer.serving.app import RunningMiner
+from roadminer.miner.backend import RunningMiner
+from roadminer.models.base import ImageBatch
 from roadminer.state.queue import Reason
 
 
@@ -208,8 +208,8 @@ STRONG = {"coef": [1.2, 0.2, 0.8, 0.3, 0.8], "intercept": -2.5, "version": "colo
 async def test_model_timeline_over_redis(tmp_path: Path, redis_url: str) -> None:
     """Start and hot reload events from the miner, a promotion from another process's code path, all on
     the dashboard's timeline; nonces, sessions and cache share the Redis store."""
-    from roadminer.learning.promote import note_model_event
-    from roadminer.learning.registry import ModelRegistry
+    from roadminer.lifecycle.promote import note_model_event
+    from roadminer.lifecycle.registry import ModelRegistry
 
     for name, spec in (("weak", WEAK), ("strong", STRONG)):
         (tmp_path / f"{name}.json").write_text(json.dumps(spec))
@@ -285,11 +285,11 @@ def test_miner_refuses_an_overcommitted_gpu(tmp_path: Path) -> None:
 
 
 async def test_promotion_gate_notes_its_verdict_on_the_timeline(tmp_path: Path, redis_url: str) -> None:
-    from roadminer.config import load_settings
+    from roadminer.core.config import load_settings
     from roadminer.dashboard.data import model_events
     from roadminer.imaging.scenes import write_scene_folder
-    from roadminer.learning.promote import promote
-    from roadminer.learning.registry import ModelRegistry
+    from roadminer.lifecycle.promote import promote
+    from roadminer.lifecycle.registry import ModelRegistry
     from roadminer.state.store import build_store
 
     (tmp_path / "weak.json").write_text(json.dumps(WEAK))

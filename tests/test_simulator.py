@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from roadminer.chain.local import LocalChainView
+from roadminer.miner.backend import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
-from roadminer.serving.app import start_miner
 from roadminer.validator.simulator import parse_miner_url, simulate
 from test_validator_support import VALIDATOR_URI, QualityPredictor, colour_source, miner_settings
 
@@ -94,7 +94,7 @@ async def test_simulate_refused_validator_counts_errors(tmp_path: Path) -> None:
 
 
 async def test_demo_runs_with_no_data(tmp_path: Path) -> None:
-    from roadminer.demo import run_demo
+    from roadminer.miner.demo import run_demo
 
     s = await run_demo(
         n=6, seed=1, wallet_dir=tmp_path / "wallets", progress=False, out=tmp_path / "demo.json"

@@ -11,9 +11,9 @@ import pytest
 
 from _netutil import free_port
 from roadminer.chain.local import LocalChainView
-from roadminer.config import StateConfig
+from roadminer.core.config import StateConfig
+from roadminer.miner.backend import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
-from roadminer.serving.app import start_miner
 from roadminer.state.layer import StateLayer
 from roadminer.validator.simulator import OutcomeRecorder, simulate
 from test_validator_support import QualityPredictor, colour_source, miner_settings

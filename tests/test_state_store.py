@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from roadminer.state.backends.memory import MemoryStore
+from roadminer.state.backends.redis_store import RedisStore
+from roadminer.state.backends.resilient import ResilientStore
 from roadminer.state.history import ChainSnapshot, MetricHistory, RewardTracker, rolling_metrics
-from roadminer.state.memory_store import MemoryStore
-from roadminer.state.redis_store import RedisStore
-from roadminer.state.resilient import ResilientStore
 from roadminer.state.sessions import RequestRecord, ResultCache, SessionStore
 from roadminer.state.store import StateStore
 
@@ -223,7 +223,7 @@ async def test_parity_memory_vs_redis(redis_url: str) -> None:
 
 
 async def test_memory_store_sweeps_keys_never_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    from roadminer.state import memory_store
+    from roadminer.state.backends import memory as memory_store
 
     store = MemoryStore(prefix="t:")
     for i in range(100):  # e.g. one btauth nonce per request, never looked up again

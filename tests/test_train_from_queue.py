@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from roadminer.config import StateConfig
+from roadminer.core.config import StateConfig
 from roadminer.imaging.decode import encode_jpeg
 from roadminer.imaging.scenes import draw_scene, write_scene_folder
 from roadminer.state.layer import StateLayer

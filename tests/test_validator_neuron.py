@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from roadminer.chain.local import LocalChainView
-from roadminer.config import load_settings
+from roadminer.core.config import load_settings
+from roadminer.miner.backend import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
-from roadminer.serving.app import start_miner
 from roadminer.validator.challenges import ShuffledDeck
 from roadminer.validator.client import MinerClient
 from roadminer.validator.neuron import FileWeightSetter, JsonFileStateStore, RedisStateStore, Validator

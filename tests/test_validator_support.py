@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from roadminer.cascade.router import CascadeResult
-from roadminer.cascade.tiers import ImageBatch, clip_prob
-from roadminer.config import load_settings
+from roadminer.core.config import load_settings
+from roadminer.models.base import ImageBatch, clip_prob
 from roadminer.validator.challenges import GeneratorSource
 
 VALIDATOR_URI = "//Alice"

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from roadminer.cascade.router import EarlyExitRouter  # noqa: E402
-from roadminer.cascade.tiers import ImageBatch, build_tier  # noqa: E402
-from roadminer.models.vlm_hf import HFVLMTier  # noqa: E402
-from roadminer.models.vlm_random import build_local_processor, random_qwen2vl  # noqa: E402
+from roadminer.models.base import ImageBatch, build_tier  # noqa: E402
+from roadminer.models.vlm.hf import HFVLMTier  # noqa: E402
+from roadminer.models.vlm.random_qwen import build_local_processor, random_qwen2vl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

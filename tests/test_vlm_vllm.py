@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from roadminer.cascade.router import EarlyExitRouter
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, build_tier
 from roadminer.imaging.decode import encode_jpeg
-from roadminer.models.vlm_vllm import VLLMTier, p_yes_from_logprobs
+from roadminer.models.base import ImageBatch, Tier, TierOutput, build_tier
+from roadminer.models.vlm.vllm import VLLMTier, p_yes_from_logprobs
 
 
 class FakeVLLM:

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from roadminer.logging_setup import setup_logging
+from roadminer.core.logging_setup import setup_logging
 
 app = typer.Typer(
     name="roadminer",
@@ -21,17 +21,17 @@ app = typer.Typer(
 
 # Modules that define ``register(app: typer.Typer) -> None``. A missing optional module is skipped.
 COMMAND_MODULES = (
-    "roadminer.serving.commands",  # miner
+    "roadminer.miner.commands",  # miner
     "roadminer.validator.commands",  # simulate, validator
-    "roadminer.learning.commands",  # train, eval, distill, promote, learn
+    "roadminer.training.commands",  # train, eval, distill, promote, learn
     "roadminer.state.commands",  # queue
     "roadminer.bench.commands",  # bench
     "roadminer.dashboard.commands",  # dashboard
-    "roadminer.ops.commands",  # plan
-    "roadminer.demo",  # demo (miner + simulator in one command)
+    "roadminer.deploy.commands",  # plan
+    "roadminer.miner.demo",  # demo (miner + simulator in one command)
     "roadminer.cascade.commands",  # cascade-fit
-    "roadminer.learning.loop_commands",  # promote, distill, learn, models
-    "roadminer.learning.detector_commands",  # train-detector
+    "roadminer.lifecycle.commands",  # promote, distill, learn, models
+    "roadminer.training.detector_commands",  # train-detector
 )
 
 

@@ -10,11 +10,11 @@ import pytest
 from bt912_venv import run_bt912
 
 from roadminer.chain.local import LocalChainView
-from roadminer.config import Settings
+from roadminer.core.config import Settings
 from roadminer.imaging.decode import encode_jpeg, to_b64
+from roadminer.miner.backend import start_miner
 from roadminer.protocol import sn72
 from roadminer.protocol.keys import HotkeySigner
-from roadminer.serving.app import start_miner
 
 pytestmark = pytest.mark.compat
 

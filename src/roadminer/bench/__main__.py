@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from roadminer.bench.commands import register
-from roadminer.logging_setup import setup_logging
+from roadminer.core.logging_setup import setup_logging
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 register(app)

@@ -292,9 +292,9 @@ def _local_server(tier_options: dict[str, Any], tier_kind: str, max_batch: int, 
         from aiohttp import web
 
         from roadminer.cascade.router import EarlyExitRouter
-        from roadminer.cascade.tiers import build_tier
         from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, b64decode_image
-        from roadminer.serving.batcher import MicroBatcher
+        from roadminer.miner.batcher import MicroBatcher
+        from roadminer.models.base import build_tier
 
         tier = build_tier(tier_kind, "fast", dict(tier_options))
         tier.warmup()
@@ -335,16 +335,16 @@ def _local_server(tier_options: dict[str, Any], tier_kind: str, max_batch: int, 
 
 def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], port: int
                    ) -> Callable[[], Any] | None:
-    """The project's miner app (``roadminer.serving.app.start_miner``) configured with the fast tier."""
+    """The project's miner app (``roadminer.miner.backend.start_miner``) configured with the fast tier."""
     try:
-        from roadminer.serving.app import start_miner  # type: ignore[attr-defined]
+        from roadminer.miner.backend import start_miner  # type: ignore[attr-defined]
     except ImportError:
         return None
 
     async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
         import inspect
 
-        from roadminer.config import load_settings
+        from roadminer.core.config import load_settings
 
         overrides = {
             "server.host": "127.0.0.1", "server.port": port, "guards.allow_unregistered": True,
@@ -366,7 +366,7 @@ def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], po
             if inspect.isawaitable(r):
                 await r
 
-        info = {"server": "roadminer.serving.app.start_miner", "signed": True,
+        info = {"server": "roadminer.miner.backend.start_miner", "signed": True,
                 "axon_hotkey": handle.hotkeys[0]}
         return f"http://127.0.0.1:{port}", info, stop_cb
 
@@ -512,7 +512,7 @@ def _build_engines(cfg: BenchConfig) -> dict[str, Any]:
 
     import torch
 
-    from roadminer.models.fast_gpu import FastImageEngine, resolve_backbone
+    from roadminer.models.engines.fast_gpu import FastImageEngine, resolve_backbone
 
     torch.manual_seed(cfg.seed)  # an untrained head of the default backbone is random: same for every engine
     base = resolve_backbone()
@@ -529,7 +529,7 @@ def _build_engines(cfg: BenchConfig) -> dict[str, Any]:
         return engines
     if "torch" in cfg.cpu_variants:
         engines["torch-cpu"] = FastImageEngine(backbone(), device="cpu", max_batch=max_b)
-    from roadminer.models.onnx_cpu import OnnxCpuEngine
+    from roadminer.models.engines.onnx_cpu import OnnxCpuEngine
 
     if "onnx" in cfg.cpu_variants:
         e = OnnxCpuEngine(backbone(), int8=False, max_batch=max_b)

@@ -31,10 +31,10 @@ def register(app: typer.Typer) -> None:
 
         from roadminer.cascade.fit import collect_tier_outputs, fit_cascade
         from roadminer.cascade.router import EarlyExitRouter
-        from roadminer.config import load_settings
+        from roadminer.core.config import load_settings
         from roadminer.imaging.decode import ImagePolicy, decode_rgb, encode_jpeg
-        from roadminer.learning.data import holdout_split, load_many
-        from roadminer.learning.views import augment_view
+        from roadminer.imaging.views import augment_view
+        from roadminer.training.data import holdout_split, load_many
 
         settings = load_settings(config, {"cascade.vlm": True} if vlm else None)
         samples = load_many(images)

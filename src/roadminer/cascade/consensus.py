@@ -131,7 +131,7 @@ def fit_stacking(tier_probs: np.ndarray, labels: np.ndarray, tiers: list[str], c
         lr.fit(logit(probs[rows, :k]), y[rows])
         stage = Stage(weights=lr.coef_[0].tolist(), bias=float(lr.intercept_[0]))
         if mcc_threshold:
-            from roadminer.learning.calibrate import best_threshold
+            from roadminer.training.calibrate import best_threshold
 
             thr = best_threshold(sigmoid(stage.log_odds(probs[rows, :k])), y[rows])
             stage.bias -= float(logit(thr))

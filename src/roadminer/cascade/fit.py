@@ -205,7 +205,7 @@ def collect_tier_outputs(router: Any, rgb_images: list[np.ndarray], payloads: li
 
     from rich.progress import Progress
 
-    from roadminer.cascade.tiers import ImageBatch
+    from roadminer.models.base import ImageBatch
 
     n, t = len(rgb_images), len(router.tiers)
     out = np.full((n, t), np.nan)

@@ -19,8 +19,8 @@ from loguru import logger
 
 from roadminer.cascade.consensus import ConsensusParams, logit, sigmoid
 from roadminer.cascade.fit import disagreement
-from roadminer.cascade.tiers import ImageBatch, Tier, build_tier, clip_prob
-from roadminer.config import CascadeConfig
+from roadminer.core.config import CascadeConfig
+from roadminer.models.base import ImageBatch, Tier, build_tier, clip_prob
 
 VLM_KINDS = ("vlm_vllm", "vlm_hf")
 

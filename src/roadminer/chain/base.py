@@ -16,7 +16,7 @@ from typing import Any
 
 from loguru import logger
 
-from roadminer.aio import cancel_and_wait
+from roadminer.core.aio import cancel_and_wait
 
 
 @dataclass(frozen=True)

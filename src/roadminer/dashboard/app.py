@@ -256,7 +256,7 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _metrics(_: web.Request) -> web.Response:
-    from roadminer.metrics import render
+    from roadminer.core.metrics import render
 
     return web.Response(body=render(), content_type="text/plain", charset="utf-8")
 

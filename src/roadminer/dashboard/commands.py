@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         from aiohttp import web
         from loguru import logger
 
-        from roadminer.config import load_settings
+        from roadminer.core.config import load_settings
         from roadminer.dashboard.app import build_dashboard_app
         from roadminer.state.layer import StateLayer
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from roadminer.aio import cancel_and_wait
+from roadminer.core.aio import cancel_and_wait
 from roadminer.state.history import NO_VALIDATOR
 from roadminer.state.layer import StateLayer
 from roadminer.state.store import StateStore, dumps
@@ -80,7 +80,7 @@ def _bucket_mean(points: list[list[float]], t0: float, t1: float, buckets: int) 
 def _set_reward_gauges(per_validator: dict[str, dict[str, float]], overall: dict[str, float | None]) -> None:
     """Prometheus reward/MCC/accuracy gauges from history: outcomes may be recorded by another process
     (the simulator or a validator writing into the same Redis), so the gauges follow the history."""
-    from roadminer.metrics import ACCURACY, MCC, REWARD
+    from roadminer.core.metrics import ACCURACY, MCC, REWARD
 
     gauges = {"reward": REWARD, "mcc": MCC, "accuracy": ACCURACY}
     for v, values in per_validator.items():
@@ -237,7 +237,7 @@ class QueueSampler:
         self._task: asyncio.Task[None] | None = None
 
     async def sample_once(self) -> int:
-        from roadminer.metrics import QUEUE_DEPTH
+        from roadminer.core.metrics import QUEUE_DEPTH
 
         q = self.state.queue
         depth = await q.store.stream_len(q.stream)

@@ -57,7 +57,7 @@ async def replay_history(
     from rich.progress import Progress
 
     from roadminer.cascade.router import EarlyExitRouter
-    from roadminer.cascade.tiers import ImageBatch
+    from roadminer.models.base import ImageBatch
     from roadminer.validator.challenges import build_source, make_challenge
 
     rng = np.random.default_rng(seed)

@@ -29,7 +29,7 @@ class ImagePolicy:
     max_work_side: int | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> ImagePolicy:  # cfg: roadminer.config.ImageLimits
+    def from_config(cls, cfg) -> ImagePolicy:  # cfg: roadminer.core.config.ImageLimits
         return cls(
             cfg.max_encoded_bytes,
             cfg.max_pixels,

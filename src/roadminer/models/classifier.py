@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, clip_prob, register_tier
-from roadminer.config import ASSETS_DIR
+from roadminer.core.config import ASSETS_DIR
+from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 
 FORMAT = "roadminer-classifier-1"
 DEFAULT_MODEL = ASSETS_DIR / "models" / "roadwork_classifier.safetensors"

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, clip_prob, register_tier
-from roadminer.config import ASSETS_DIR
+from roadminer.core.config import ASSETS_DIR
+from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 
 FEATURE_NAMES = ("orange", "red", "red_white", "yellow", "orange_blobs")
 DEFAULT_COEFS = ASSETS_DIR / "models" / "colour_cue.json"

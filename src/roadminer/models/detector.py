@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, clip_prob, register_tier
+from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 
 FORMAT = "roadminer-yolo-1"
 CLASS_NAMES = ("cone", "barrier", "sign", "other")

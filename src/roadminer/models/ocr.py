@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from roadminer.cascade.tiers import ImageBatch, Tier, TierOutput, clip_prob, register_tier
+from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 
 # phrase -> weight (1.0: work zone for sure; lower: words also seen elsewhere)
 WORK_ZONE_PHRASES: dict[str, float] = {

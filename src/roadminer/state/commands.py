@@ -18,7 +18,7 @@ RedisOpt = Annotated[
 
 
 def _settings(config: Path | None, redis_url: str | None) -> Any:
-    from roadminer.config import load_settings
+    from roadminer.core.config import load_settings
 
     overrides: dict[str, Any] = {}
     if redis_url:
@@ -31,8 +31,8 @@ def _settings(config: Path | None, redis_url: str | None) -> Any:
 
 
 async def _with_layer(settings: Any, fn: Any) -> Any:
+    from roadminer.state.backends.redis_store import RedisStore
     from roadminer.state.layer import StateLayer
-    from roadminer.state.redis_store import RedisStore
     from roadminer.state.store import build_store
 
     cfg = settings.state

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from roadminer.metrics import ACCURACY, MCC, REWARD
+from roadminer.core.metrics import ACCURACY, MCC, REWARD
 from roadminer.state.store import StateStore, dumps
 
 NO_VALIDATOR = "_"

@@ -70,7 +70,7 @@ class StateLayer:
 
     @classmethod
     def from_config(cls, cfg: Any, store: StateStore | None = None) -> StateLayer:
-        """``cfg``: ``roadminer.config.StateConfig``."""
+        """``cfg``: ``roadminer.core.config.StateConfig``."""
         store = store or build_store(cfg)
         queue = HardExampleQueue(
             store, cfg.queue_max_entries, cfg.queue_max_image_bytes, cfg.queue_image_ttl_days * 86400.0

@@ -34,13 +34,13 @@ class NonceStore:
 
     @classmethod
     def memory(cls, **kwargs: Any) -> NonceStore:
-        from roadminer.state.memory_store import MemoryStore
+        from roadminer.state.backends.memory import MemoryStore
 
         return cls(MemoryStore(), **kwargs)
 
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> NonceStore:
-        """``cfg``: ``roadminer.config.StateConfig``."""
+        """``cfg``: ``roadminer.core.config.StateConfig``."""
         from roadminer.state.store import build_store
 
         return cls(build_store(cfg), **kwargs)

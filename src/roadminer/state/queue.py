@@ -20,7 +20,7 @@ from typing import Any
 
 from loguru import logger
 
-from roadminer.metrics import QUEUE_DEPTH
+from roadminer.core.metrics import QUEUE_DEPTH
 from roadminer.state.store import StateStore
 
 STREAM = "hardq:stream"
@@ -288,7 +288,7 @@ class HardExampleQueue:
         pseudo_margin: float = 0.3,
     ) -> ExportReport:
         """Write ``roadwork/``, ``no_roadwork/``, ``unlabeled/`` and ``manifest.csv`` (the layout
-        ``roadminer.learning.data.load_image_folder`` reads). With ``consume`` the entries are read through
+        ``roadminer.training.data.load_image_folder`` reads). With ``consume`` the entries are read through
         the consumer group and acknowledged once written; otherwise the queue is left untouched.
         Unlabelled images get a teacher pseudo-label when ``teacher`` is given and confident enough."""
         out = Path(out_dir)

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from roadminer.metrics import CACHE
+from roadminer.core.metrics import CACHE
 from roadminer.state.store import StateStore, dumps
 
 

@@ -146,14 +146,14 @@ def dumps(value: Any) -> bytes:
 
 
 def build_store(cfg: Any) -> StateStore:
-    """The store the settings ask for (``cfg``: ``roadminer.config.StateConfig``). Redis is wrapped in a
+    """The store the settings ask for (``cfg``: ``roadminer.core.config.StateConfig``). Redis is wrapped in a
     fallback so that an outage degrades to memory instead of failing requests."""
-    from roadminer.state.memory_store import MemoryStore
+    from roadminer.state.backends.memory import MemoryStore
 
     if cfg.backend == "memory":
         return MemoryStore(prefix=cfg.key_prefix)
-    from roadminer.state.redis_store import RedisStore
-    from roadminer.state.resilient import ResilientStore
+    from roadminer.state.backends.redis_store import RedisStore
+    from roadminer.state.backends.resilient import ResilientStore
 
     redis_store = RedisStore(
         cfg.redis_url, prefix=cfg.key_prefix, socket_timeout=getattr(cfg, "redis_socket_timeout_s", 1.0)

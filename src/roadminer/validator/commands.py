@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
     ) -> None:
         """NATIX-parity challenges against a running miner: mcc, accuracy, reward, latency."""
-        from roadminer.config import load_settings
+        from roadminer.core.config import load_settings
         from roadminer.validator.simulator import print_summary
         from roadminer.validator.simulator import simulate as run_sim
 
@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="dotted override")] = None,
     ) -> None:
         """Validator neuron: challenges, reward/EMA, persisted scores, weights."""
-        from roadminer.config import load_settings
+        from roadminer.core.config import load_settings
 
         overrides = {
             "chain.network": chain,

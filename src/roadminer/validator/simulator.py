@@ -42,7 +42,7 @@ class OutcomeRecorder:
 
     @classmethod
     def from_url(cls, state_url: str, validator: str, state_config: Any = None) -> OutcomeRecorder:
-        from roadminer.config import StateConfig
+        from roadminer.core.config import StateConfig
         from roadminer.state.layer import StateLayer
 
         scheme = urlparse(state_url).scheme

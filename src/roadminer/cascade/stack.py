@@ -1,0 +1,148 @@
+"""Fit the cascade's consensus (stacking weights + exit thresholds) from out-of-fold predictions.
+
+Inputs are the JSON files of grouped cross-validations that scored every image on the same validator views
+(``roadminer eval --cv source`` for a classifier: ``oof_logits``; the colour cue on those views:
+``oof_probs``), one per tier, in cascade order. Every (level, image) pair is one row. The cascade fit is
+:func:`roadminer.cascade.fit.fit_cascade`, scored leave-one-source-out by
+:func:`roadminer.cascade.fit.grouped_cv` (stacker and thresholds never see the held-out source), then
+fitted once on every row for shipping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roadminer.cascade.consensus import ConsensusParams
+from roadminer.cascade.fit import fit_cascade, grouped_cv
+from roadminer.training.data import Sample
+from roadminer.training.evaluate import DASHCAM_SOURCES, binary_metrics, loso_report
+
+
+def load_oof(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """Out-of-fold probabilities ``[levels, N]`` from a CV JSON, rows aligned with ``names``."""
+    data = json.loads(Path(path).read_text())
+    if list(data["names"]) != list(names):
+        raise ValueError(f"{path}: its images are not those of the dataset (same files, same order)")
+    if "oof_probs" in data:
+        probs = np.asarray(data["oof_probs"], dtype=np.float64)
+    else:
+        probs = 1.0 / (1.0 + np.exp(-np.asarray(data["oof_logits"], dtype=np.float64)))
+    levels = data.get("levels") or data.get("train_config", {}).get("levels") or list(range(probs.shape[0]))
+    return np.atleast_2d(probs), [int(x) for x in levels]
+
+
+def _exit_rates(exit_index: np.ndarray, tiers: Sequence[str]) -> dict[str, float]:
+    return {t: round(float(np.mean(exit_index == k)), 4) for k, t in enumerate(tiers)}
+
+
+def stack_from_oof(
+    samples: Sequence[Sample],
+    tier_files: Sequence[tuple[str, str | Path]],
+    *,
+    class_weight: str | None = "balanced",
+    mcc_threshold: bool = True,
+    c: float = 1.0,
+    tolerance: float = 0.0,
+    tier_cost: Sequence[float] | None = None,
+) -> tuple[ConsensusParams, dict[str, Any]]:
+    """The shipped consensus (fitted on every row) and a report: per tier alone, the stacked pool of every
+    tier and the early-exit cascade, each scored leave-one-source-out (per source, per level, exit rates)."""
+    names = [s.name for s in samples]
+    tiers = [t for t, _ in tier_files]
+    loaded = [load_oof(path, names) for _, path in tier_files]
+    levels = loaded[0][1]
+    if any(lv != levels for _, lv in loaded):
+        raise ValueError("every tier's CV must score the same levels")
+    n_lv, n = len(levels), len(samples)
+    probs = np.stack([p.reshape(-1) for p, _ in loaded], axis=1)  # [L*N, T], level-major rows
+    y = np.tile([s.label for s in samples], n_lv)
+    src = np.tile([s.source for s in samples], n_lv)
+    kw: dict[str, Any] = {"c": c, "class_weight": class_weight, "mcc_threshold": mcc_threshold,
+                          "tolerance": tolerance}
+    cost = list(tier_cost) if tier_cost is not None else None
+
+    def grid(flat: np.ndarray) -> np.ndarray:
+        return flat.reshape(n_lv, n)
+
+    report: dict[str, Any] = {"tiers": tiers, "levels": levels, "rows": len(y), "sources": {}}
+    report["fit_settings"] = {"class_weight": class_weight, "mcc_threshold": mcc_threshold, "c": c,
+                              "tolerance": tolerance,
+                              "tier_cost": cost, "cv": "leave-one-source-out (stacker and thresholds)"}
+    alone: dict[str, Any] = {}
+    for k, t in enumerate(tiers):
+        one = grouped_cv(probs[:, [k]], y, src, [t], **kw)
+        alone[t] = loso_report(samples, grid(one.prob), levels)
+    report["single_tier"] = alone
+    cv = grouped_cv(probs, y, src, tiers, tier_cost=cost, **kw)
+    report["stacked_all_tiers"] = loso_report(samples, grid(cv.prob_all), levels)
+    casc = loso_report(samples, grid(cv.prob), levels)
+    casc["exit_rate"] = _exit_rates(cv.exit_index, tiers)
+    ex = grid(cv.exit_index)
+    casc["exit_rate_per_level"] = {str(lv): _exit_rates(ex[i], tiers) for i, lv in enumerate(levels)}
+    for s in sorted(set(src.tolist())):
+        casc["per_source"][s]["exit_rate"] = _exit_rates(cv.exit_index[src == s], tiers)
+    dash = np.isin(src, DASHCAM_SOURCES)
+    if dash.any():
+        casc["dashcam_pooled"]["exit_rate"] = _exit_rates(cv.exit_index[dash], tiers)
+    if cost is not None and sum(cost) > 0:
+        reach = [float(np.mean(cv.exit_index >= k)) for k in range(len(tiers))]
+        casc["relative_cost"] = round(sum(r * w for r, w in zip(reach, cost, strict=True)) / sum(cost), 4)
+    casc["mcc_lost_vs_all_tiers"] = round(
+        (binary_metrics(y, cv.prob_all)["mcc"] or 0.0) - (binary_metrics(y, cv.prob)["mcc"] or 0.0), 4
+    )
+    report["cascade"] = casc
+    report["folds"] = cv.folds
+    params, rep = fit_cascade(probs, y, tiers, tier_cost=cost, **kw)
+    report["full_fit"] = rep.to_json()
+    params.report = {
+        "fitted_on": f"{len(y)} out-of-fold rows ({n} images x levels {levels}), tiers {tiers}",
+        "full_fit": rep.to_json(),
+        "leave_one_source_out": {
+            "pooled_mcc": {t: alone[t]["pooled"]["mcc"] for t in tiers}
+            | {"stacked": report["stacked_all_tiers"]["pooled"]["mcc"], "cascade": casc["pooled"]["mcc"]},
+            "dashcam_mcc": {t: alone[t].get("dashcam_pooled", {}).get("mcc") for t in tiers}
+            | {"stacked": report["stacked_all_tiers"].get("dashcam_pooled", {}).get("mcc"),
+               "cascade": casc.get("dashcam_pooled", {}).get("mcc")},
+            "exit_rate": casc["exit_rate"],
+        },
+    }
+    return params, report
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Markdown: per source MCC / recall / FPR of each tier alone, the stacked pool and the cascade."""
+    cols = [(t, report["single_tier"][t]) for t in report["tiers"]]
+    cols += [("stacked (all tiers)", report["stacked_all_tiers"]), ("cascade (early exit)", report["cascade"])]
+    pooled = [k for k in ("dashcam_pooled", "pooled") if k in report["cascade"]]
+    rows = [*sorted(report["cascade"]["per_source"]), *pooled]
+    head = "| source | " + " | ".join(name for name, _ in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+
+    def cell(e: dict[str, Any]) -> str:
+        if e.get("mcc") is not None:
+            return f"MCC {e['mcc']:.3f} (AUC {e['auc']:.3f})"
+        if e.get("positives"):
+            return f"recall {e['recall']:.3f}"
+        return f"FPR {e['fpr']:.3f}"
+
+    for r in rows:
+        entries = [rep["per_source"][r] if r in rep["per_source"] else rep[r] for _, rep in cols]
+        lines.append(f"| {r} | " + " | ".join(cell(e) for e in entries) + " |")
+    return "\n".join(lines)
+
+
+def level_table(report: dict[str, Any]) -> str:
+    cols = [(t, report["single_tier"][t]) for t in report["tiers"]]
+    cols += [("stacked", report["stacked_all_tiers"]), ("cascade", report["cascade"])]
+    levels = [str(x) for x in report["levels"]]
+    lines = ["| level | " + " | ".join(n for n, _ in cols) + " | cascade exit rates |", "|" + "---|" * (len(cols) + 2)]
+    for lv in levels:
+        vals = [f"{rep['pooled']['per_level'][lv]['mcc']:.3f}" for _, rep in cols]
+        ex = report["cascade"]["exit_rate_per_level"][lv]
+        lines.append(f"| {lv} | " + " | ".join(vals) + " | " + ", ".join(f"{k} {v:.2f}" for k, v in ex.items()) + " |")
+    return "\n".join(lines)

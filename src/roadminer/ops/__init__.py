@@ -1,1 +1,0 @@
-"""Operations helpers: the GPU memory planner (``roadminer plan``)."""
