@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 
 from _miner_helpers import ALICE, jpeg_b64, run_miner
-from roadminer.miner.backend import RunningMiner
+from roadminer.miner.run import RunningMiner
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner
 

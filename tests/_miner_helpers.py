@@ -15,7 +15,7 @@ from roadminer.cascade.router import CascadeResult
 from roadminer.chain.local import LocalChainView
 from roadminer.core.config import Settings
 from roadminer.imaging.decode import encode_jpeg, to_b64
-from roadminer.miner.backend import RunningMiner, start_miner
+from roadminer.miner.run import RunningMiner, start_miner
 from roadminer.models.base import ImageBatch
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner

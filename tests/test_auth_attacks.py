@@ -29,7 +29,7 @@ from _miner_helpers import (
     settings_for,
     sn72_call,
 )
-from roadminer.miner.backend import RunningMiner
+from roadminer.miner.run import RunningMiner
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner
 

@@ -17,9 +17,10 @@ from aiohttp import web
 
 from roadminer.core.config import Settings, StateConfig
 from roadminer.dashboard.app import build_dashboard_app, mount_dashboard, parse_window, render_page
-from roadminer.dashboard.data import DashboardData, QueueSampler, record_model_event
+from roadminer.dashboard.data import DashboardData, QueueSampler
 from roadminer.state.history import ChainSnapshot
 from roadminer.state.layer import StateLayer
+from roadminer.state.model_events import record_model_event
 from roadminer.state.sessions import RequestRecord
 
 NOW = time.time()

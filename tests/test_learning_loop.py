@@ -17,8 +17,7 @@ from roadminer.imaging.views import validator_view
 from roadminer.lifecycle.distill import distill
 from roadminer.lifecycle.loop import LearningLoop, parse_every
 from roadminer.lifecycle.promote import gate, promote
-from roadminer.lifecycle.registry import ModelRegistry, RegistryError
-from roadminer.miner.reload import build_router
+from roadminer.lifecycle.registry import ModelRegistry, RegistryError, build_router
 from roadminer.models.base import ImageBatch
 from roadminer.state.backends.memory import MemoryStore
 from roadminer.state.layer import RequestInfo, StateLayer

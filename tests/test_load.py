@@ -25,7 +25,7 @@ import pytest
 from _miner_helpers import MINER, SlowPredictor, jpeg_b64, run_miner
 from roadminer.chain.local import LocalChainView
 from roadminer.core.config import Settings
-from roadminer.miner.backend import RunningMiner
+from roadminer.miner.run import RunningMiner
 from roadminer.protocol import sn72
 from roadminer.protocol.keys import HotkeySigner
 

@@ -27,7 +27,7 @@ from _miner_helpers import (
 )
 from roadminer.cascade.router import CascadeResult
 from roadminer.chain.local import LocalChainView
-from roadminer.miner.backend import RunningMiner
+from roadminer.miner.run import RunningMiner
 from roadminer.models.base import ImageBatch
 from roadminer.state.queue import Reason
 
@@ -286,10 +286,10 @@ def test_miner_refuses_an_overcommitted_gpu(tmp_path: Path) -> None:
 
 async def test_promotion_gate_notes_its_verdict_on_the_timeline(tmp_path: Path, redis_url: str) -> None:
     from roadminer.core.config import load_settings
-    from roadminer.dashboard.data import model_events
     from roadminer.imaging.scenes import write_scene_folder
     from roadminer.lifecycle.promote import promote
     from roadminer.lifecycle.registry import ModelRegistry
+    from roadminer.state.model_events import model_events
     from roadminer.state.store import build_store
 
     (tmp_path / "weak.json").write_text(json.dumps(WEAK))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from roadminer.chain.local import LocalChainView
-from roadminer.miner.backend import start_miner
+from roadminer.miner.run import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
 from roadminer.validator.simulator import parse_miner_url, simulate
 from test_validator_support import VALIDATOR_URI, QualityPredictor, colour_source, miner_settings

@@ -12,7 +12,7 @@ import pytest
 from _netutil import free_port
 from roadminer.chain.local import LocalChainView
 from roadminer.core.config import StateConfig
-from roadminer.miner.backend import start_miner
+from roadminer.miner.run import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
 from roadminer.state.layer import StateLayer
 from roadminer.validator.simulator import OutcomeRecorder, simulate

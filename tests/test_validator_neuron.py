@@ -9,7 +9,7 @@ import numpy as np
 
 from roadminer.chain.local import LocalChainView
 from roadminer.core.config import load_settings
-from roadminer.miner.backend import start_miner
+from roadminer.miner.run import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
 from roadminer.validator.challenges import ShuffledDeck
 from roadminer.validator.client import MinerClient

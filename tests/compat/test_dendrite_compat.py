@@ -12,7 +12,7 @@ from bt912_venv import run_bt912
 from roadminer.chain.local import LocalChainView
 from roadminer.core.config import Settings
 from roadminer.imaging.decode import encode_jpeg, to_b64
-from roadminer.miner.backend import start_miner
+from roadminer.miner.run import start_miner
 from roadminer.protocol import sn72
 from roadminer.protocol.keys import HotkeySigner
 

@@ -337,7 +337,7 @@ def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], po
                    ) -> Callable[[], Any] | None:
     """The project's miner app (``roadminer.miner.backend.start_miner``) configured with the fast tier."""
     try:
-        from roadminer.miner.backend import start_miner  # type: ignore[attr-defined]
+        from roadminer.miner.run import start_miner  # type: ignore[attr-defined]
     except ImportError:
         return None
 

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/roadminer (this file is core/config.py)
 ASSETS_DIR = PACKAGE_DIR / "assets"
 
 

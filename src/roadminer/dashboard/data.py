@@ -3,14 +3,13 @@
 Sources: reward/MCC/accuracy per validator and the chain metrics from ``MetricHistory``; tier exit
 rates and latency percentiles from the per-validator sessions (recent requests); the hard-example queue
 depth from the queue stream (sampled into history by :class:`QueueSampler`); model versions and
-promotions from the ``models:events`` list (:func:`record_model_event`).
+promotions from the ``models:events`` list (:func:`roadminer.state.model_events.record_model_event`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -21,44 +20,11 @@ from loguru import logger
 from roadminer.core.aio import cancel_and_wait
 from roadminer.state.history import NO_VALIDATOR
 from roadminer.state.layer import StateLayer
-from roadminer.state.store import StateStore, dumps
+from roadminer.state.model_events import model_events
 
 REWARD_SERIES = ("reward", "mcc", "accuracy")
 CHAIN_SERIES = ("incentive", "trust", "consensus", "emission")
-MODEL_EVENTS_KEY = "models:events"
-MODEL_EVENTS_MAX = 1000
 QUEUE_DEPTH_SERIES = "queue.depth"
-
-
-async def record_model_event(
-    store: StateStore, version: str, event: str = "loaded", t: float | None = None, **info: Any
-) -> None:
-    """Note a model event for the timeline: ``loaded`` (hot reload / start), ``promoted``, ``rejected``.
-    ``info`` holds JSON-able extras (metrics of the promotion gate, tier name)."""
-    entry = {
-        "t": time.time() if t is None else float(t),
-        "version": str(version),
-        "event": str(event),
-        **info,
-    }
-    await store.list_push(MODEL_EVENTS_KEY, dumps(entry), MODEL_EVENTS_MAX)
-
-
-async def model_events(store: StateStore, since: float | None = None) -> list[dict[str, Any]]:
-    rows = []
-    for raw in await store.list_range(MODEL_EVENTS_KEY):
-        try:
-            e = json.loads(raw)
-            float(e["t"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        rows.append(e)
-    rows.sort(key=lambda e: float(e["t"]))
-    if since is not None:
-        # Keep the version that was current at the start of the window.
-        before = [e for e in rows if float(e["t"]) < since and e.get("event") in ("loaded", "promoted")]
-        rows = before[-1:] + [e for e in rows if float(e["t"]) >= since]
-    return rows
 
 
 def _pairs(points: Any) -> list[list[float]]:
@@ -269,7 +235,5 @@ __all__ = [
     "NO_VALIDATOR",
     "DashboardData",
     "QueueSampler",
-    "model_events",
-    "record_model_event",
     "refresh_reward_gauges",
 ]

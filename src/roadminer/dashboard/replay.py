@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from roadminer.dashboard.data import QUEUE_DEPTH_SERIES, record_model_event
+from roadminer.dashboard.data import QUEUE_DEPTH_SERIES
 from roadminer.state.history import ChainSnapshot
 from roadminer.state.layer import StateLayer
+from roadminer.state.model_events import record_model_event
 from roadminer.state.sessions import RequestRecord
 
 SCORE_ALPHA = 0.05

@@ -26,7 +26,7 @@ Teacher = Callable[[list[bytes]], np.ndarray]  # encoded images -> P(roadwork)
 def build_teacher(settings: Any, registry: ModelRegistry | None = None, tier: str | None = None) -> Teacher:
     """Full served cascade (``tier`` None) or the single tier of that name, as a function of JPEG bytes."""
     from roadminer.imaging.decode import ImagePolicy, decode_rgb
-    from roadminer.miner.reload import build_router
+    from roadminer.lifecycle.registry import build_router
     from roadminer.models.base import ImageBatch, build_tier
 
     policy = ImagePolicy.from_config(settings.images)

@@ -25,7 +25,7 @@ def note_model_event(settings: Any, version: str, event: str, **info: Any) -> bo
     import asyncio
     import threading
 
-    from roadminer.dashboard.data import record_model_event
+    from roadminer.state.model_events import record_model_event
     from roadminer.state.store import build_store
 
     done: list[bool] = []
@@ -102,7 +102,7 @@ def evaluate_cascade(
     overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the cascade as served (plus ``overrides``) on validator-parity views of ``samples``."""
-    from roadminer.miner.reload import build_router
+    from roadminer.lifecycle.registry import build_router
     from roadminer.training.evaluate import evaluate_router
 
     router = build_router(settings, registry, overrides, warmup=False)

@@ -249,3 +249,19 @@ class ModelRegistry:
                         )
                     t.options = {**t.options, **self.resolved_options(card)}
         return out
+
+
+def build_router(
+    settings: Any,
+    registry: ModelRegistry | None = None,
+    overrides: dict[str, str] | None = None,
+    warmup: bool = True,
+) -> Any:
+    """The configured cascade with the registry's served versions (or ``overrides``) applied."""
+    from roadminer.cascade.router import EarlyExitRouter
+
+    cascade = registry.apply(settings.cascade, overrides) if registry is not None else settings.cascade
+    router = EarlyExitRouter.from_config(cascade)
+    if warmup:
+        router.warmup()
+    return router

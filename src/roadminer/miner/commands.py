@@ -31,7 +31,7 @@ def miner_overrides(port: int | None, host: str | None, chain: str | None, allow
 
 async def serve(settings: Any) -> None:
     """Run the miner until SIGINT/SIGTERM."""
-    from roadminer.miner.backend import start_miner
+    from roadminer.miner.run import start_miner
 
     miner = await start_miner(settings)
     stop = asyncio.Event()

@@ -32,7 +32,7 @@ async def run_demo(
 ) -> dict[str, Any]:
     from roadminer.chain.local import LocalChainView
     from roadminer.core.config import load_settings
-    from roadminer.miner.backend import load_signers, start_miner
+    from roadminer.miner.run import load_signers, start_miner
     from roadminer.protocol.keys import ss58_from_uri
     from roadminer.validator.simulator import simulate
 

@@ -17,23 +17,7 @@ from typing import Any
 from loguru import logger
 
 from roadminer.core.aio import cancel_and_wait
-from roadminer.lifecycle.registry import ModelRegistry
-
-
-def build_router(
-    settings: Any,
-    registry: ModelRegistry | None = None,
-    overrides: dict[str, str] | None = None,
-    warmup: bool = True,
-) -> Any:
-    """The configured cascade with the registry's served versions (or ``overrides``) applied."""
-    from roadminer.cascade.router import EarlyExitRouter
-
-    cascade = registry.apply(settings.cascade, overrides) if registry is not None else settings.cascade
-    router = EarlyExitRouter.from_config(cascade)
-    if warmup:
-        router.warmup()
-    return router
+from roadminer.lifecycle.registry import ModelRegistry, build_router
 
 
 class ModelWatcher:

@@ -1,0 +1,186 @@
+"""Running a miner in-process: ``start_miner`` wires settings, state layer, model (and hot reload from
+the registry), chain view, chain metrics and one aiohttp app per served hotkey over one shared backend;
+``RunningMiner.stop`` takes it all down again. The one place where the packages meet at run time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from roadminer import __version__
+from roadminer.chain.base import ChainView
+from roadminer.core.config import Settings
+from roadminer.miner.app import ROUTES_KEY, build_app
+from roadminer.miner.backend import MinerBackend, btauth_nonce_ttl
+from roadminer.miner.batcher import MicroBatcher, predictor_version
+from roadminer.miner.chain_metrics import ChainMetricsRecorder
+from roadminer.protocol import sn72
+from roadminer.protocol.keys import HotkeySigner
+from roadminer.state.layer import StateLayer
+from roadminer.state.model_events import note_model_event
+from roadminer.state.nonce import NonceStore
+
+
+@dataclass
+class RunningMiner:
+    backend: MinerBackend
+    runners: list[web.AppRunner]
+    urls: list[str]
+    hotkeys: list[str]
+    ports: list[int]
+    signers: list[HotkeySigner]
+    _owned: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    state: StateLayer | None = None
+    watcher: Any = None  # roadminer.miner.reload.ModelWatcher when following the registry
+    chain_metrics: ChainMetricsRecorder | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    async def stop(self) -> None:
+        for r in self.runners:
+            with contextlib.suppress(Exception):
+                await r.cleanup()
+        for close in reversed(self._owned):
+            with contextlib.suppress(Exception):
+                await close()
+
+
+def load_signers(settings: Settings) -> list[tuple[int, HotkeySigner]]:
+    """(port, signer) of the main hotkey and of each ``server.extra_hotkeys`` entry."""
+    from roadminer.protocol.keys import load_signer
+
+    w = settings.wallet
+    out = [(settings.server.port, load_signer(w.path, w.name, w.hotkey, w.create_if_missing))]
+    for extra in settings.server.extra_hotkeys:
+        out.append((extra.port, load_signer(w.path, extra.name or w.name, extra.hotkey, w.create_if_missing)))
+    if len({s.ss58_address for _, s in out}) != len(out):
+        raise ValueError("each served hotkey must be distinct")
+    return out
+
+
+def build_predictor(settings: Settings) -> Any:
+    from roadminer.cascade.router import EarlyExitRouter
+
+    router = EarlyExitRouter.from_config(settings.cascade)
+    router.warmup()
+    return router
+
+
+async def start_miner(
+    settings: Settings,
+    *,
+    predictor: Any = None,
+    chain: ChainView | None = None,
+    signers: list[tuple[int, HotkeySigner]] | None = None,
+    nonces: NonceStore | None = None,
+    state: StateLayer | None = None,
+) -> RunningMiner:
+    """Start the miner's apps (one per hotkey/port; port 0 picks a free one) over one shared backend.
+
+    Injected ``predictor``/``chain``/``signers``/``nonces``/``state`` replace what the settings would
+    build (injected ones are not closed by ``stop``). Without an injected predictor the GPU memory plan is
+    checked first (``PlanError`` on an over-committed GPU) and the model registry is followed live.
+    """
+    from roadminer.chain.base import build_chain
+    from roadminer.core.metrics import MODEL_INFO
+
+    owned: list[Callable[[], Awaitable[None]]] = []
+    runners: list[web.AppRunner] = []
+    try:
+        follow_registry = predictor is None
+        if follow_registry:
+            from roadminer.deploy.planner import check_plan
+
+            check_plan(settings)  # before any model is loaded
+        signers = signers if signers is not None else load_signers(settings)
+        if state is None:
+            state = StateLayer.from_config(settings.state)
+            owned.append(state.close)
+            start_monitor = getattr(state.store, "start_monitor", None)
+            if start_monitor is not None:  # Redis with fallback: reconnect even when no request comes
+                start_monitor()
+        if predictor is None:
+            loop = asyncio.get_running_loop()
+            predictor = await loop.run_in_executor(None, build_predictor, settings)
+        b = settings.batcher
+        batcher = MicroBatcher(predictor, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms, workers=b.workers)
+        await batcher.start()
+        owned.append(batcher.stop)
+        watcher = None
+        if follow_registry:  # serve what `roadminer promote` put in the registry, and follow it live
+            from roadminer.miner.reload import attach_hot_reload
+
+            layer = state
+
+            async def on_swap(version: str, generation: int) -> None:
+                await note_model_event(layer, version, "loaded", source="hot-reload", generation=generation)
+
+            watcher = await attach_hot_reload(settings, batcher, on_swap=on_swap)
+            if watcher is not None:
+                owned.append(watcher.stop)
+        if watcher is None or watcher.swaps == 0:
+            await note_model_event(state, predictor_version(batcher.predictor), "loaded", source="start")
+        if chain is None:
+            chain = build_chain(settings)
+            await chain.start()
+            owned.append(chain.stop)
+        if nonces is None:  # the state layer's store keeps the nonces (shared across workers on Redis)
+            nonces = NonceStore(state.store, btauth_ttl_s=btauth_nonce_ttl(settings))
+        backend = MinerBackend.build(settings, batcher, chain, nonces=nonces, state=state)
+        owned.append(backend.close)
+        info = backend.model_info()
+        MODEL_INFO.info({"version": str(info["model_version"]), "roadminer": __version__})
+        recorder = ChainMetricsRecorder(chain, state, signers[0][1].ss58_address, settings.chain.metrics_interval_s)
+        recorder.start()
+        owned.append(recorder.stop)
+        host = settings.server.host
+        urls, ports = [], []
+        for i, (port, signer) in enumerate(signers):
+            app = build_app(
+                settings, backend, signer=signer, port=port, dashboard=i == 0 and settings.dashboard.on_miner
+            )
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+            bound = runner.addresses[0][1] if runner.addresses else port
+            runner.app[ROUTES_KEY].port = bound
+            ports.append(bound)
+            urls.append(f"http://{'127.0.0.1' if host in ('0.0.0.0', '', '::') else host}:{bound}")
+            logger.info(
+                "miner hotkey {} serving on {}:{} ({} and {})",
+                signer.ss58_address,
+                host,
+                bound,
+                sn72.ROUTE,
+                settings.server.btauth_route,
+            )
+        return RunningMiner(
+            backend,
+            runners,
+            urls,
+            [s.ss58_address for _, s in signers],
+            ports,
+            [s for _, s in signers],
+            owned,
+            state=state,
+            watcher=watcher,
+            chain_metrics=recorder,
+        )
+    except BaseException:
+        for r in runners:
+            with contextlib.suppress(Exception):
+                await r.cleanup()
+        for close in reversed(owned):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
