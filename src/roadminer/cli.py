@@ -19,19 +19,19 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Modules that define ``register(app: typer.Typer) -> None``. A missing optional module is skipped.
+# Modules that define ``register(app: typer.Typer) -> None``, each with the commands its comment names.
 COMMAND_MODULES = (
     "roadminer.miner.commands",  # miner
+    "roadminer.miner.demo",  # demo (miner + simulator in one command)
     "roadminer.validator.commands",  # simulate, validator
-    "roadminer.training.commands",  # train, eval, distill, promote, learn
+    "roadminer.training.commands",  # train
+    "roadminer.training.detector_commands",  # train-detector
+    "roadminer.cascade.commands",  # eval, cascade-fit, cascade-stack
+    "roadminer.lifecycle.commands",  # promote, distill, learn, models
     "roadminer.state.commands",  # queue
     "roadminer.bench.commands",  # bench
     "roadminer.dashboard.commands",  # dashboard
     "roadminer.deploy.commands",  # plan
-    "roadminer.miner.demo",  # demo (miner + simulator in one command)
-    "roadminer.cascade.commands",  # cascade-fit
-    "roadminer.lifecycle.commands",  # promote, distill, learn, models
-    "roadminer.training.detector_commands",  # train-detector
 )
 
 
@@ -52,13 +52,7 @@ def version() -> None:
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name or (e.name and name.startswith(e.name)):
-                continue  # feature area not present in this build
-            raise
-        mod.register(app)
+        importlib.import_module(name).register(app)
 
 
 _register_all()

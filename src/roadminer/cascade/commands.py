@@ -1,4 +1,7 @@
-"""``roadminer cascade-fit``: stacking weights and exit thresholds on a calibration split."""
+"""The cascade's commands: ``roadminer eval`` (the configured cascade on labelled images at validator
+augmentation levels, or grouped CV of the train settings), ``roadminer cascade-fit`` (stacking weights and
+exit thresholds on a calibration split, running the tiers) and ``roadminer cascade-stack`` (the same from
+out-of-fold predictions, leave-one-source-out)."""
 
 from __future__ import annotations
 
@@ -59,3 +62,108 @@ def register(app: typer.Typer) -> None:
         params.save(out)
         typer.echo(json.dumps(params.report, indent=2))
         typer.echo(f"wrote {out}; set cascade.consensus_file to use it")
+
+    @app.command("eval")
+    def eval_cmd(
+        images: Annotated[Path, typer.Option("--images", help="roadwork/ + no_roadwork/ folder, or parquet")],
+        levels: Annotated[str, typer.Option("--levels")] = "0,1,2,3",
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        out: Annotated[Path | None, typer.Option("--out", help="write the JSON report here")] = None,
+        config: Annotated[Path | None, typer.Option("--config")] = None,
+        cv: Annotated[
+            str | None, typer.Option("--cv", help="grouped CV of the train settings: 'source' or 'group' out")
+        ] = None,
+        limit: Annotated[int | None, typer.Option("--limit", help="at most N images (seeded sample)")] = None,
+        batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+        sets: Annotated[
+            list[str] | None, typer.Option("--set", help="dotted overrides, e.g. cascade.bias=0.1")
+        ] = None,
+    ) -> None:
+        """Evaluate the configured cascade on labelled images at validator augmentation levels."""
+        import numpy as np
+
+        from roadminer.core.cli_args import jsonable, parse_levels, parse_sets
+        from roadminer.core.config import load_settings
+        from roadminer.training.cv import CV_GROUPS, run_cv
+        from roadminer.training.data import DatasetError, load_dataset
+
+        if cv is not None and cv not in CV_GROUPS:
+            raise typer.BadParameter("--cv must be 'source' or 'group'")
+
+        lv = parse_levels(levels)
+        settings = load_settings(config, parse_sets(sets))
+        try:
+            samples = load_dataset(images)
+        except DatasetError as e:
+            raise typer.BadParameter(str(e)) from None
+        if limit is not None and limit < len(samples):
+            idx = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
+            samples = [samples[i] for i in sorted(idx)]
+        if cv:
+            result = run_cv(samples, settings, cv, lv)
+        else:
+            from roadminer.cascade.router import EarlyExitRouter
+            from roadminer.training.evaluate import evaluate_router
+
+            router = EarlyExitRouter.from_config(settings.cascade)
+            result = evaluate_router(router, samples, lv, seed=seed, batch_size=batch_size)
+            result["cascade"] = router.describe()
+        result = jsonable(result)
+        text = json.dumps(result, indent=2)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
+        summary = {k: result.get(k) for k in ("n", "mcc", "accuracy", "auc", "brier")}
+        if cv:
+            rep = result["report"]
+            summary = {
+                "pooled": {k: rep["pooled"].get(k) for k in ("mcc", "auc", "brier")},
+                "dashcam": {k: rep.get("dashcam_pooled", {}).get(k) for k in ("mcc", "auc")},
+                "calibration": {
+                    k: result["calibration"].get(k) for k in ("temperature", "bias", "threshold")
+                },
+            }
+        typer.echo(json.dumps(summary))
+
+    @app.command("cascade-stack")
+    def cascade_stack(
+        images: Annotated[Path, typer.Option("--images", help="the dataset the CV files scored")],
+        tiers: Annotated[
+            list[str],
+            typer.Option("--tier", help="NAME=CV.json, in cascade order (oof_logits or oof_probs per level)"),
+        ],
+        out: Annotated[Path, typer.Option("--out", help="consensus JSON to write")] = Path(
+            "artifacts/consensus.json"
+        ),
+        report: Annotated[Path | None, typer.Option("--report", help="full report JSON")] = None,
+        cost: Annotated[
+            list[str] | None, typer.Option("--cost", help="NAME=seconds per image (relative cost in the report)")
+        ] = None,
+        tolerance: Annotated[float, typer.Option("--tolerance", help="MCC the cascade may lose")] = 0.0,
+    ) -> None:
+        """Fit stacking weights + exit thresholds from out-of-fold predictions; report them leave-one-source-out."""
+        from roadminer.cascade.stack import level_table, stack_from_oof, summary_table
+        from roadminer.core.cli_args import jsonable, parse_sets
+        from roadminer.training.data import DatasetError, load_dataset
+
+        pairs = []
+        for item in tiers:
+            if "=" not in item:
+                raise typer.BadParameter(f"--tier expects NAME=PATH, got {item!r}")
+            name, path = item.split("=", 1)
+            pairs.append((name.strip(), Path(path)))
+        costs = {k: float(v) for k, v in parse_sets(cost, "--cost").items()}
+        tier_cost = [costs.get(n, 0.0) for n, _ in pairs] if costs else None
+        try:
+            samples = load_dataset(images)
+            params, rep = stack_from_oof(samples, pairs, tolerance=tolerance, tier_cost=tier_cost)
+        except (DatasetError, ValueError, KeyError) as e:
+            raise typer.BadParameter(str(e)) from None
+        params.save(out)
+        if report is not None:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(jsonable(rep), indent=2) + "\n")
+        typer.echo(summary_table(rep))
+        typer.echo(level_table(rep))
+        typer.echo(json.dumps({"exit_confidence": params.exit_confidence, "exit_rate": rep["cascade"]["exit_rate"]}))
+        typer.echo(f"wrote {out}")

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from roadminer.core.cli_args import parse_duration
 from roadminer.dashboard.charts import line_chart, timeline_chart
 from roadminer.dashboard.data import DashboardData, QueueSampler
 from roadminer.state.layer import StateLayer
@@ -41,10 +42,10 @@ def parse_window(value: str | None, default: float) -> float:
     """``"6h"``, ``"30m"``, ``"7d"``, ``"3600"`` -> seconds (bounded)."""
     if value is None or value == "":
         return default
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-    if not m:
-        raise BadRequest(f"window must look like 30m, 6h, 7d or seconds, got {value[:40]!r}")
-    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise BadRequest(f"window must look like 30m, 6h, 7d or seconds, got {value[:40]!r}") from None
     if not 60 <= seconds <= MAX_WINDOW_S:
         raise BadRequest(f"window must be between 1 minute and {MAX_WINDOW_S / 86400:g} days")
     return seconds

@@ -240,13 +240,10 @@ class LearningLoop:
 
 
 def parse_every(text: str) -> float:
-    """'6h', '30m', '90s', '1d' or plain seconds -> seconds."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-    except ValueError:
-        raise ValueError(f"cannot read interval {text!r} (e.g. 6h, 30m, 90s)") from None
+    """'6h', '30m', '90s', '1d' or plain seconds -> seconds (positive)."""
+    from roadminer.core.cli_args import parse_duration
+
+    value = parse_duration(text)
     if value <= 0:
         raise ValueError("interval must be positive")
     return value

@@ -66,18 +66,13 @@ def register(app: typer.Typer) -> None:
                                                        "--set batcher.max_batch=32")] = None,
     ) -> None:
         """Serve POST /ImageSynapse (SN72), POST /v1/roadwork (btauth/1), GET /health and GET /metrics."""
-        import yaml
-
+        from roadminer.core.cli_args import parse_sets
         from roadminer.core.config import load_settings
         from roadminer.core.logging_setup import setup_logging
 
         overrides = miner_overrides(port, host, chain, allow_unregistered, wallet_path, wallet_name,
                                     wallet_hotkey, netuid)
-        for item in set_ or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-            overrides[key.strip()] = yaml.safe_load(value)
+        overrides.update(parse_sets(set_))
         cfg_file = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
         settings = load_settings(cfg_file, overrides)
         if settings.logging.file or settings.logging.json_logs:

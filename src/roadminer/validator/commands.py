@@ -11,17 +11,7 @@ from typing import Annotated, Any
 import typer
 from loguru import logger
 
-
-def _parse_sets(items: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+from roadminer.core.cli_args import parse_sets
 
 
 async def run_validator(settings: Any, steps: int | None = None) -> None:
@@ -117,7 +107,7 @@ def register(app: typer.Typer) -> None:
             "simulator.concurrency": concurrency,
             "simulator.hotkey_uri": hotkey_uri,
         }
-        overrides.update(_parse_sets(set_))
+        overrides.update(parse_sets(set_))
         settings = load_settings(config, overrides)
         s = settings.simulator
         if s.protocol not in ("sn72", "btauth"):
@@ -180,7 +170,7 @@ def register(app: typer.Typer) -> None:
             "wallet.name": wallet_name,
             "wallet.hotkey": wallet_hotkey,
         }
-        overrides.update(_parse_sets(set_))
+        overrides.update(parse_sets(set_))
         if config is None and Path("configs/validator.yaml").is_file():
             config = Path("configs/validator.yaml")
         settings = load_settings(config, overrides)
