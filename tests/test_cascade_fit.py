@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from roadminer.cascade.consensus import ConsensusParams, fit_stacking, logit
-from roadminer.cascade.fit import fit_cascade, fit_thresholds, mcc, simulate
+from roadminer.cascade.fit import fit_cascade, fit_thresholds, simulate
 from roadminer.cascade.router import EarlyExitRouter
+from roadminer.core.scoring import prob_mcc as mcc
 from roadminer.models.base import ImageBatch, Tier, TierOutput
 
 

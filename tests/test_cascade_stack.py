@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from roadminer.cascade.consensus import ConsensusParams, fit_stacking
-from roadminer.cascade.fit import grouped_cv, mcc
+from roadminer.cascade.fit import grouped_cv
 from roadminer.cascade.stack import load_oof, stack_from_oof, summary_table
+from roadminer.core.scoring import prob_mcc as mcc
 from roadminer.training.data import Sample
 
 

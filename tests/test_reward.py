@@ -7,31 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from roadminer.validator.reward import (
-    FAILED,
-    PerformanceTracker,
-    ScoreBook,
-    mcc_binary,
-    reward_from_history,
-    round_prediction,
-    window_metrics,
-)
+from roadminer.core.scoring import FAILED, reward_from_history, window_metrics
+from roadminer.validator.reward import PerformanceTracker, ScoreBook
 from roadminer.validator.weights import U16_MAX, normalize_max_weight, process_weights, to_uint16
-
-
-def test_round_half_is_no_roadwork() -> None:
-    assert round_prediction(0.5) == 0
-    assert round_prediction(0.5000001) == 1
-    assert round_prediction(0.0) == 0 and round_prediction(1.0) == 1
-
-
-def test_mcc_hand_cases() -> None:
-    assert mcc_binary([1, 0, 1, 0], [1, 0, 1, 0]) == 1.0
-    assert mcc_binary([1, 0, 1, 0], [0, 1, 0, 1]) == -1.0
-    assert mcc_binary([1, 1, 1], [1, 0, 1]) == 0.0  # constant labels
-    assert mcc_binary([1, 0, 1], [1, 1, 1]) == 0.0  # constant predictions
-    # tp=5 fn=1 tn=5 fp=1 -> (25-1)/sqrt(6^4) = 2/3
-    assert mcc_binary([1, 0] * 6, [0, 1] + [1, 0] * 5) == pytest.approx(2 / 3)
 
 
 def test_reward_perfect_and_chance() -> None:

@@ -15,12 +15,7 @@ from typing import Any
 import numpy as np
 
 from roadminer.cascade.consensus import ConsensusParams, fit_stacking
-from roadminer.validator.reward import mcc_binary
-
-
-def mcc(labels: np.ndarray, prob: np.ndarray) -> float:
-    """Matthews correlation with the validator's rounding (0.5 counts as "no roadwork")."""
-    return mcc_binary(np.asarray(labels).astype(int), (np.asarray(prob) > 0.5).astype(int))
+from roadminer.core.scoring import prob_mcc
 
 
 def disagreement(tier_probs: np.ndarray, k: int) -> np.ndarray:
@@ -94,8 +89,8 @@ def _report(params: ConsensusParams, probs: np.ndarray, y: np.ndarray, sim: Simu
     if tier_cost is not None and sum(tier_cost) > 0:
         rel = float(sum(reach[names[k]] * tier_cost[k] for k in range(t)) / sum(tier_cost))
     return FitReport(
-        tiers=list(names), n=int(n), mcc_all_tiers=mcc(y, full), mcc_cascade=mcc(y, sim.prob),
-        mcc_single={names[k]: mcc(y, probs[:, k]) for k in range(t)}, exit_rate=exit_rate,
+        tiers=list(names), n=int(n), mcc_all_tiers=prob_mcc(y, full), mcc_cascade=prob_mcc(y, sim.prob),
+        mcc_single={names[k]: prob_mcc(y, probs[:, k]) for k in range(t)}, exit_rate=exit_rate,
         reach_rate=reach, exit_confidence=list(params.exit_confidence), relative_cost=rel,
     )
 
@@ -110,7 +105,7 @@ def fit_thresholds(params: ConsensusParams, tier_probs: np.ndarray, labels: np.n
     t = probs.shape[1]
     if not np.all(np.isfinite(probs)):
         raise ValueError("threshold fitting needs every tier's answer on every image")
-    target = mcc(y, params.stage_prob(t - 1, probs)) - tolerance
+    target = prob_mcc(y, params.stage_prob(t - 1, probs)) - tolerance
     conf: list[float | None] = [None] * t
     kw = dict(force_continue=force_continue, no_exit_on_disagreement=no_exit_on_disagreement)
     for k in range(t - 1):
@@ -124,7 +119,7 @@ def fit_thresholds(params: ConsensusParams, tier_probs: np.ndarray, labels: np.n
             trial = list(conf)
             trial[k] = float(thr)
             sim = simulate(params, probs, trial, **kw)
-            if mcc(y, sim.prob) >= target - 1e-12:
+            if prob_mcc(y, sim.prob) >= target - 1e-12:
                 best = float(thr)
                 break
         # Nudge just below the found value so the float that qualified still exits after a JSON round trip.

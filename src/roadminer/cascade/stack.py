@@ -19,8 +19,9 @@ import numpy as np
 
 from roadminer.cascade.consensus import ConsensusParams
 from roadminer.cascade.fit import fit_cascade, grouped_cv
+from roadminer.core.scoring import binary_metrics
 from roadminer.training.data import Sample
-from roadminer.training.evaluate import DASHCAM_SOURCES, binary_metrics, loso_report
+from roadminer.training.evaluate import DASHCAM_SOURCES, loso_report
 
 
 def load_oof(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, list[int]]:

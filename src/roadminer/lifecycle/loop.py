@@ -153,10 +153,10 @@ def train_candidate(
 def _fit_colour_single_source(samples: list[Any], out: Path, levels: list[int], seed: int) -> dict[str, Any]:
     import numpy as np
 
+    from roadminer.core.scoring import binary_metrics
     from roadminer.lifecycle.distill import fit_soft_logistic
     from roadminer.models.colour import FEATURE_NAMES
     from roadminer.training.colour_fit import _predict, compute_features
-    from roadminer.training.evaluate import binary_metrics
 
     feats = compute_features(samples, levels, seed, workers=1)
     x = feats.reshape(-1, feats.shape[2])

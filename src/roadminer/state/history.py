@@ -130,10 +130,10 @@ class MetricHistory:
 
 def rolling_metrics(preds: Sequence[float], labels: Sequence[int]) -> dict[str, float]:
     """MCC over the last 100 and accuracy over the last 10 answered challenges, and the reward
-    ``(0.5 MCC + 0.5 acc) ** 3``, with the validator's own formulas (``roadminer.validator.reward``).
+    ``(0.5 MCC + 0.5 acc) ** 3``, with the validator's own formulas (``roadminer.core.scoring``).
     ``preds`` and ``labels`` are oldest first; an answer of -1 (no answer) takes a slot in the window and
     is then dropped, as the reference validator does."""
-    from roadminer.validator.reward import (
+    from roadminer.core.scoring import (
         FAILED,
         WINDOW_ACC,
         WINDOW_MCC,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from roadminer.training.evaluate import binary_metrics
+from roadminer.core.scoring import binary_metrics, mcc, to_label
 
 
 def _balanced_w(y: np.ndarray) -> np.ndarray:
@@ -56,15 +56,7 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, iters: int = 100) -> tuple[flo
 
 def balanced_mcc(y: np.ndarray, pred: np.ndarray) -> float:
     """MCC of 0/1 predictions on a class-balanced reweighting of the rows (the validators' 50/50 prior)."""
-    y = np.asarray(y)
-    pred = np.asarray(pred)
-    w = _balanced_w(y)
-    tp = np.sum(w * ((pred == 1) & (y == 1)))
-    tn = np.sum(w * ((pred == 0) & (y == 0)))
-    fp = np.sum(w * ((pred == 1) & (y == 0)))
-    fn = np.sum(w * ((pred == 0) & (y == 1)))
-    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return float((tp * tn - fp * fn) / den) if den > 0 else 0.0
+    return mcc(y, pred, sample_weight=_balanced_w(np.asarray(y)))
 
 
 def best_threshold(p: np.ndarray, y: np.ndarray, lo: float = 0.2, hi: float = 0.8) -> float:
@@ -96,5 +88,5 @@ def fit_calibration(z: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "raw": binary_metrics(y, p_raw),
         "calibrated": binary_metrics(y, p_cal),
         "final": binary_metrics(y, p_final),
-        "balanced_mcc_final": round(balanced_mcc(y, (p_final > 0.5).astype(int)), 4),
+        "balanced_mcc_final": round(balanced_mcc(y, to_label(p_final)), 4),
     }

@@ -126,7 +126,8 @@ def fit_colour_cue(
     feats: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit on all samples (every level's view is a row), report leave-one-source-out out-of-fold probs."""
-    from roadminer.training.evaluate import binary_metrics, loso_report
+    from roadminer.core.scoring import binary_metrics
+    from roadminer.training.evaluate import loso_report
 
     if feats is None:
         feats = compute_features(samples, levels, seed, workers)

@@ -36,6 +36,7 @@ import numpy as np
 from loguru import logger
 from PIL import Image
 
+from roadminer.core.scoring import auc, prob_mcc, to_label
 from roadminer.models.detector import (
     FORMAT,
     apply_head,
@@ -235,18 +236,6 @@ def validator_view(path: Path, size: int = 224, quality: int = 75) -> np.ndarray
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.uint8)
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
-
-
-def _mcc(y: np.ndarray, p: np.ndarray, thr: float = 0.5) -> float:
-    from sklearn.metrics import matthews_corrcoef
-
-    return float(matthews_corrcoef(y, (p > thr).astype(int)))
-
-
 def image_level_metrics(
     feats: np.ndarray, items: Sequence[EvalItem], folds: int = 5, seed: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -272,9 +261,9 @@ def image_level_metrics(
     metrics: dict[str, Any] = {
         "n": len(items),
         "positives": int(y.sum()),
-        "auc_max_conf": _auc(y, raw),
-        "auc_head_oof": _auc(y, oof),
-        "mcc_head_oof": _mcc(y, oof),
+        "auc_max_conf": auc(y, raw),
+        "auc_head_oof": auc(y, oof),
+        "mcc_head_oof": prob_mcc(y, oof),
         "per_source": {},
     }
     sources = np.array([it.source for it in items])
@@ -282,14 +271,14 @@ def image_level_metrics(
     for src in sorted(set(sources.tolist())):
         m = sources == src
         ys, ps = y[m], oof[m]
-        row: dict[str, Any] = {"n": int(m.sum()), "positives": int(ys.sum()), "auc_head_oof": _auc(ys, ps)}
+        row: dict[str, Any] = {"n": int(m.sum()), "positives": int(ys.sum()), "auc_head_oof": auc(ys, ps)}
         if ys.sum():
-            row["recall"] = float((ps[ys == 1] > 0.5).mean())
+            row["recall"] = float(to_label(ps[ys == 1]).mean())
             if (boxed & m & (y == 1)).any() and (~boxed & m & (y == 1)).any():
-                row["recall_boxed"] = float((oof[boxed & m & (y == 1)] > 0.5).mean())
-                row["recall_unboxed"] = float((oof[~boxed & m & (y == 1)] > 0.5).mean())
+                row["recall_boxed"] = float(to_label(oof[boxed & m & (y == 1)]).mean())
+                row["recall_unboxed"] = float(to_label(oof[~boxed & m & (y == 1)]).mean())
         if (ys == 0).any():
-            row["fpr"] = float((ps[ys == 0] > 0.5).mean())
+            row["fpr"] = float(to_label(ps[ys == 0]).mean())
         metrics["per_source"][src] = row
     try:
         final = fit_head(feats, y)

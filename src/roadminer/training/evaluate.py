@@ -1,7 +1,6 @@
-"""Metrics and offline evaluation of the configured cascade under validator-parity views.
-
-The validator rounds the answer (``p > 0.5`` is "roadwork"; exactly 0.5 is not), so every thresholded
-number here uses the same rule.
+"""Offline evaluation of a predictor under validator-parity views, and grouped reports (per held-out
+source, per level, dashcam-style sources pooled). The numbers themselves come from
+:mod:`roadminer.core.scoring` (the validator's rounding: ``p > 0.5`` is "roadwork", exactly 0.5 is not).
 """
 
 from __future__ import annotations
@@ -12,72 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from roadminer.core.scoring import binary_metrics, to_label
 from roadminer.training.data import Sample
-from roadminer.validator.reward import mcc_binary
 
 DASHCAM_SOURCES = ("pranav", "camvid", "gtsdb")
 
 
 def _f(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 4)
-
-
-def ece_score(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error of P(roadwork), equal-width bins."""
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.mean() * abs(p[m].mean() - y[m].mean())
-    return float(total)
-
-
-def mcc_score(y: np.ndarray, pred: np.ndarray) -> float:
-    """Matthews correlation of 0/1 labels and predictions (0 when either is constant), as validators score."""
-    return mcc_binary(y, pred)
-
-
-def auc_score(y: np.ndarray, p: np.ndarray) -> float | None:
-    """ROC AUC via the rank-sum statistic (ties get average ranks)."""
-    y = np.asarray(y)
-    pos = int(y.sum())
-    neg = len(y) - pos
-    if pos == 0 or neg == 0:
-        return None
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p))
-    sp = np.asarray(p)[order]
-    i = 0
-    while i < len(sp):
-        j = i
-        while j + 1 < len(sp) and sp[j + 1] == sp[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1
-        i = j + 1
-    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def binary_metrics(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    """n, mcc, accuracy, auc, brier, ece, recall, fpr of probabilities ``p`` against labels ``y``."""
-    y = np.asarray(y, dtype=np.int64)
-    p = np.asarray(p, dtype=np.float64)
-    pred = (p > 0.5).astype(np.int64)
-    pos, neg = int(y.sum()), int((1 - y).sum())
-    out: dict[str, Any] = {
-        "n": len(y),
-        "positives": pos,
-        "negatives": neg,
-        "mcc": _f(mcc_score(y, pred)) if pos and neg else None,
-        "accuracy": _f(float((pred == y).mean())) if len(y) else None,
-        "auc": _f(auc_score(y, p)) if len(y) else None,
-        "brier": _f(float(np.mean((p - y) ** 2))) if len(y) else None,
-        "ece": _f(ece_score(y, p)) if len(y) else None,
-        "recall": _f(float(pred[y == 1].mean())) if pos else None,
-        "fpr": _f(float(pred[y == 0].mean())) if neg else None,
-    }
-    return out
 
 
 def loso_report(samples: Sequence[Sample], probs: np.ndarray, levels: Sequence[int]) -> dict[str, Any]:
@@ -104,7 +45,7 @@ def loso_report(samples: Sequence[Sample], probs: np.ndarray, levels: Sequence[i
                 ("scene_positives", m & (y == 1) & ~boxes),
             ):
                 if mm.any():
-                    entry[key + "_recall"] = _f(float((probs[:, mm] > 0.5).mean()))
+                    entry[key + "_recall"] = _f(float(to_label(probs[:, mm]).mean()))
         report["per_source"][s] = entry
     dash = np.isin(src, DASHCAM_SOURCES)
     if dash.any():

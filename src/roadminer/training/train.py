@@ -23,11 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from roadminer.core.config import TrainConfig
+from roadminer.core.scoring import binary_metrics
 from roadminer.imaging.views import validator_view
 from roadminer.models.classifier import build_model, load_classifier, save_classifier, to_tensor
 from roadminer.training.calibrate import fit_calibration
 from roadminer.training.data import Sample, balanced_weights, holdout_split, load_many, summarize
-from roadminer.training.evaluate import binary_metrics, loso_report
+from roadminer.training.evaluate import loso_report
 
 MODEL_FILE = "model.safetensors"
 CARD_FILE = "card.json"

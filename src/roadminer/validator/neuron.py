@@ -20,9 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 from loguru import logger
 
+from roadminer.core.scoring import mcc, reward_from_history, to_label
 from roadminer.validator.challenges import Challenge, ChallengeSource, ShuffledDeck, make_challenge
 from roadminer.validator.client import MinerClient, MinerTarget, QueryResult
-from roadminer.validator.reward import ScoreBook, mcc_binary, reward_from_history, round_prediction
+from roadminer.validator.reward import ScoreBook
 from roadminer.validator.weights import WeightVector, process_weights
 
 # --------------------------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ class RunStats:
         recs = [r for r in self.records if uid is None or r.uid == uid]
         ok = [r for r in recs if r.prediction is not None]
         labels = [r.label for r in ok]
-        preds = [round_prediction(r.prediction) for r in ok]  # type: ignore[arg-type]
+        preds = [int(to_label(r.prediction)) for r in ok]  # type: ignore[arg-type]
         lat = np.asarray([r.latency_s for r in ok], dtype=np.float64) * 1000.0
         errors: dict[str, int] = {}
         for r in recs:
@@ -77,7 +78,7 @@ class RunStats:
         for lvl in sorted({r.level for r in recs}):
             lv = [r for r in recs if r.level == lvl]
             lv_ok = [r for r in lv if r.prediction is not None]
-            correct = sum(round_prediction(r.prediction) == r.label for r in lv_ok)  # type: ignore[arg-type]
+            correct = sum(int(to_label(r.prediction)) == r.label for r in lv_ok)  # type: ignore[arg-type]
             per_level[str(lvl)] = {
                 "n": len(lv),
                 "answered": len(lv_ok),
@@ -85,7 +86,7 @@ class RunStats:
                 "mcc": round(
                     max(
                         0.0,
-                        mcc_binary([r.label for r in lv_ok], [round_prediction(r.prediction) for r in lv_ok]),
+                        mcc([r.label for r in lv_ok], [int(to_label(r.prediction)) for r in lv_ok]),
                     ),
                     4,
                 ),  # type: ignore[arg-type]
@@ -94,7 +95,7 @@ class RunStats:
         return {
             "n": len(recs),
             "answered": len(ok),
-            "mcc": round(max(0.0, mcc_binary(labels, preds)), 4),
+            "mcc": round(max(0.0, mcc(labels, preds)), 4),
             "accuracy": round(acc, 4),
             "mean_reward": round(float(np.mean([r.reward for r in recs])), 4) if recs else 0.0,
             "latency_ms": {

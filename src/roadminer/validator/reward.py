@@ -1,11 +1,8 @@
 """Reward and score EMA exactly as the reference validator computes them.
 
-Per miner a rolling window of the last 100 (prediction, label) pairs. A failed query (no answer, -1, NaN
-or a value outside [0, 1]) is recorded as -1: it takes a slot in the window and is then dropped from
-the metric computation. Predictions are rounded like ``np.round`` on [0, 1]: exactly 0.5 -> 0.
+Per miner a rolling window of the last 100 (prediction, label) pairs, scored by the reward rule of
+:mod:`roadminer.core.scoring` (a failed query is recorded as -1: it takes a slot, then is dropped).
 
-    reward = (0.5 * MCC(last 100) + 0.5 * Accuracy(last 10)) ** 3,   0 for a failed answer
-    MCC = max(0, matthews_corrcoef), 0 when the labels or the predictions are constant
     score = 0.05 * reward + 0.95 * score          (queried UIDs; validators' UIDs forced to 0)
 
 Scores and histories are reset when the hotkey behind a UID changes.
@@ -13,7 +10,6 @@ Scores and histories are reset when the hotkey behind a UID changes.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,65 +17,17 @@ from typing import Any
 
 import numpy as np
 
-WINDOW_MCC = 100
-WINDOW_ACC = 10
+from roadminer.core.scoring import (
+    FAILED,
+    WINDOW_MCC,
+    WindowMetrics,
+    is_valid_prediction,
+    reward_from_history,
+    window_metrics,
+)
+
 HISTORY_LEN = 100
 EMA_ALPHA = 0.05
-FAILED = -1.0
-
-
-def is_valid_prediction(p: Any) -> bool:
-    try:
-        v = float(p)
-    except (TypeError, ValueError):
-        return False
-    return not math.isnan(v) and 0.0 <= v <= 1.0
-
-
-def round_prediction(p: float) -> int:
-    """``np.round`` on [0, 1]: 0.5 rounds to even, i.e. to 0 ("no roadwork")."""
-    return int(np.round(p))
-
-
-def mcc_binary(labels: Sequence[int], preds: Sequence[int]) -> float:
-    """Matthews correlation of two 0/1 sequences; 0 when either is constant (sklearn's convention)."""
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(preds, dtype=np.int64)
-    if y.size == 0 or len(np.unique(y)) < 2 or len(np.unique(p)) < 2:
-        return 0.0
-    tp = float(np.sum((y == 1) & (p == 1)))
-    tn = float(np.sum((y == 0) & (p == 0)))
-    fp = float(np.sum((y == 0) & (p == 1)))
-    fn = float(np.sum((y == 1) & (p == 0)))
-    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return 0.0 if denom == 0 else (tp * tn - fp * fn) / denom
-
-
-@dataclass
-class WindowMetrics:
-    n: int  # valid answers in the window
-    failures: int
-    accuracy: float
-    mcc: float
-
-
-def window_metrics(history: Sequence[tuple[float, int]], window: int) -> WindowMetrics:
-    """Metrics over the last ``window`` entries; failures take slots, then are dropped."""
-    recent = list(history)[-window:] if window else list(history)
-    valid = [(p, y) for p, y in recent if p != FAILED]
-    if not valid:
-        return WindowMetrics(0, len(recent), 0.0, 0.0)
-    labels = [int(y) for _, y in valid]
-    preds = [round_prediction(p) for p, _ in valid]
-    acc = float(np.mean(np.asarray(labels) == np.asarray(preds)))
-    mcc = max(0.0, mcc_binary(labels, preds))
-    return WindowMetrics(len(valid), len(recent) - len(valid), acc, mcc)
-
-
-def reward_from_history(history: Sequence[tuple[float, int]]) -> float:
-    m100 = window_metrics(history, WINDOW_MCC)
-    m10 = window_metrics(history, WINDOW_ACC)
-    return float((0.5 * m100.mcc + 0.5 * m10.accuracy) ** 3)
 
 
 @dataclass

@@ -18,11 +18,12 @@ from urllib.parse import urlparse
 import numpy as np
 from loguru import logger
 
+from roadminer.core.scoring import is_valid_prediction, to_label
 from roadminer.protocol.keys import HotkeySigner
 from roadminer.validator.challenges import Challenge, ChallengeSource, build_source
 from roadminer.validator.client import MinerClient, MinerTarget, QueryResult
 from roadminer.validator.neuron import ValidatorCore
-from roadminer.validator.reward import ScoreBook, is_valid_prediction, round_prediction
+from roadminer.validator.reward import ScoreBook
 
 STATE_URL_SCHEMES = ("redis", "rediss", "unix")
 
@@ -58,7 +59,7 @@ class OutcomeRecorder:
             await self.state.rewards.record_outcome(self.validator, result.prediction, challenge.label)
             digest = hashlib.sha256(challenge.jpeg).hexdigest()
             pred = result.prediction
-            if pred is not None and is_valid_prediction(pred) and round_prediction(pred) != challenge.label:
+            if pred is not None and is_valid_prediction(pred) and int(to_label(pred)) != challenge.label:
                 entry = await self.state.queue.enqueue(
                     challenge.jpeg,
                     ["known_error"],
