@@ -1,6 +1,8 @@
 """Miner entry point (bittensor convention): ``python neurons/miner.py [roadminer miner flags]``."""
 
-from roadminer.miner.commands import main
+import sys
+
+from roadminer.cli import app
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="roadminer", args=["miner", *sys.argv[1:]])

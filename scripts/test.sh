@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up the venv, makes sure redis-server exists, runs ruff and pytest.
+# The test command: sets up the venv, makes sure redis-server exists, runs ruff, the import contracts
+# (lint-imports, see [tool.importlinter] in pyproject.toml) and pytest.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -16,4 +17,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=F
 export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$HOME/.cache/roadminer/yolo}"
 mkdir -p "$YOLO_CONFIG_DIR"
 "$venv/bin/ruff" check src tests neurons
+"$venv/bin/lint-imports" --no-cache
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from roadminer.bench.harness import BenchConfig, challenge_b64, measure_engine, run_bench, synthetic_jpegs
+from roadminer.bench.harness import BenchConfig, BenchError, challenge_b64, measure_engine, measure_http, run_bench
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg, to_b64
+from roadminer.imaging.scenes import scene_jpegs
 from roadminer.models.base import ImageBatch, build_tier
 from roadminer.models.engines.fast_gpu import FastImageEngine, fold_batchnorm, jpeg_size, resolve_backbone
 
@@ -32,7 +33,7 @@ def engine(backbone):
 
 @pytest.fixture(scope="module")
 def jpegs() -> list[bytes]:
-    return synthetic_jpegs(6, seed=3)
+    return scene_jpegs(6, seed=3)
 
 
 def _reference(backbone, images: list[np.ndarray]) -> np.ndarray:
@@ -150,6 +151,15 @@ def test_run_bench_cpu_end_to_end_over_loopback(tmp_path, monkeypatch):
     assert [lv["concurrency"] for lv in levels] == [1, 3]
     assert all(lv["errors"] == 0 for lv in levels)
     assert out["summary"]["fast_best_variant"] == "onnx-fp32"
+    # the numbers are the real miner's, answering signed SN72 requests
+    assert out["http"]["server"] == "roadminer.miner.run.start_miner" and out["http"]["signed"] is True
+    assert out["http"]["axon_hotkey"].startswith("5")
+
+
+def test_bench_fails_with_the_reason_when_the_miner_cannot_start():
+    b64 = challenge_b64(2)
+    with pytest.raises(BenchError, match=r"the miner could not start: .*unknown tier kind 'no_such_engine'"):
+        measure_http("cpu", "no_such_engine", {}, b64, (1,), 2)
 
 
 def test_bench_command_writes_json(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from roadminer.bench.harness import synthetic_jpegs
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb
+from roadminer.imaging.scenes import scene_jpegs
 from roadminer.models.base import ImageBatch, build_tier
 from roadminer.models.engines.fast_gpu import FastImageEngine, resolve_backbone
 from roadminer.models.engines.onnx_cpu import OnnxCpuEngine
@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     bb = resolve_backbone()
     cache = tmp_path_factory.mktemp("onnx")
-    jpegs = synthetic_jpegs(8, seed=5)
+    jpegs = scene_jpegs(8, seed=5)
     ref = FastImageEngine(copy.deepcopy(bb), device="cpu", max_batch=8, decode_threads=1).predict_bytes(jpegs)
     return bb, cache, jpegs, ref
 

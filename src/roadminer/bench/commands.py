@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        from roadminer.bench.harness import BenchConfig, render, run_bench
+        from roadminer.bench.harness import BenchConfig, BenchError, render, run_bench
 
         if device == "auto":
             import torch
@@ -53,7 +53,12 @@ def register(app: typer.Typer) -> None:
                 progress.update(task, description=msg)
                 progress.console.log(msg)
 
-            result = run_bench(cfg, say)
+            try:
+                result = run_bench(cfg, say)
+            except BenchError as e:
+                progress.stop()
+                typer.echo(f"bench failed: {e}", err=True)
+                raise typer.Exit(1) from None
         console.print(render(result))
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)

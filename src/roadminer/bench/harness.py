@@ -9,6 +9,7 @@ the device work of the current one), from base64 strings to probabilities on the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import threading
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from roadminer.imaging.decode import encode_jpeg, to_b64
+from roadminer.imaging.decode import to_b64
+from roadminer.imaging.scenes import scene_jpegs
 
 FULL_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_SIZES_GPU = (1, 8, 64, 256)
@@ -60,32 +62,8 @@ class BenchConfig:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def synthetic_jpegs(n: int, size: int = 224, seed: int = 0, quality: int = 75) -> list[bytes]:
-    """``n`` challenge-like JPEGs: drawn street scenes (every other one with road work) when the scene
-    painter is available, else gradients with noise and coloured blocks."""
-    try:
-        from roadminer.imaging.scenes import draw_scene, scene_rng
-
-        return [encode_jpeg(draw_scene(scene_rng(seed, i), i % 2 == 0, size), quality) for i in range(n)]
-    except ImportError:
-        pass
-    rng = np.random.default_rng(seed)
-    out = []
-    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-    for _ in range(n):
-        tint = rng.uniform(40, 255, 3).astype(np.float32)
-        img = np.outer(ramp, np.ones(size, np.float32))[..., None] * tint
-        img += rng.normal(0, 12, (size, size, 3)).astype(np.float32)
-        for _ in range(int(rng.integers(3, 9))):
-            y, x = rng.integers(0, size - 24, 2)
-            h, w = rng.integers(8, 48, 2)
-            img[y : y + h, x : x + w] = rng.uniform(0, 255, 3)
-        out.append(encode_jpeg(np.clip(img, 0, 255).astype(np.uint8), quality))
-    return out
-
-
 def challenge_b64(n: int, seed: int = 0) -> list[str]:
-    return [to_b64(r) for r in synthetic_jpegs(n, seed=seed)]
+    return [to_b64(r) for r in scene_jpegs(n, seed=seed)]
 
 
 def unique_variant(raw: bytes, tag: int) -> bytes:
@@ -102,19 +80,16 @@ def _pct(xs: Sequence[float], q: float) -> float:
 def environment(device: str) -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "cpu_count": os.cpu_count(), "cpu": _cpu_model()}
-    try:
-        import torch
-        import torchvision
+    import torch
+    import torchvision
 
-        env["torch"] = torch.__version__
-        env["torchvision"] = torchvision.__version__
-        env["torch_threads"] = torch.get_num_threads()
-        if device == "cuda" and torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name(0)
-            env["cuda"] = torch.version.cuda
-    except ImportError:
-        pass
-    for mod in ("onnxruntime", "transformers", "aiohttp", "pybase64"):
+    env["torch"] = torch.__version__
+    env["torchvision"] = torchvision.__version__
+    env["torch_threads"] = torch.get_num_threads()
+    if device == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    for mod in ("onnxruntime", "transformers", "aiohttp", "pybase64"):  # optional extras may be missing
         try:
             env[mod] = __import__(mod).__version__
         except (ImportError, AttributeError):
@@ -284,67 +259,18 @@ class _ServerThread:
         self.thread.join(10)
 
 
-def _local_server(tier_options: dict[str, Any], tier_kind: str, max_batch: int, port: int
-                  ) -> Callable[[], Any]:
-    """Minimal loopback server (aiohttp + MicroBatcher + the fast tier) for builds without the miner app."""
+class BenchError(RuntimeError):
+    """The bench could not measure what it was asked to (the reason is in the message)."""
+
+
+def _real_miner(device: str, tier_kind: str, tier_options: dict[str, Any], port: int) -> Callable[[], Any]:
+    """Start the project's miner (``roadminer.miner.run.start_miner``) on loopback with the fast tier as
+    its one cascade tier, under a throwaway hotkey (no wallet files touched)."""
 
     async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
-        from aiohttp import web
-
-        from roadminer.cascade.router import EarlyExitRouter
-        from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, b64decode_image
-        from roadminer.miner.batcher import MicroBatcher
-        from roadminer.models.base import build_tier
-
-        tier = build_tier(tier_kind, "fast", dict(tier_options))
-        tier.warmup()
-        router = EarlyExitRouter([tier], [1.0], [None])
-        batcher = MicroBatcher(router, max_batch=max_batch, max_wait_ms=0.5)
-        await batcher.start()
-        policy = ImagePolicy()
-        empty = np.zeros((0, 0, 3), np.uint8)
-
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.json()
-            try:
-                raw = b64decode_image(body.get("image"), policy)
-            except ImageDecodeError as e:
-                return web.json_response({"error": str(e)}, status=400)
-            ans = await batcher.submit(empty, raw, "")
-            body["image"] = ""
-            body["prediction"] = ans.prob
-            return web.json_response(body)
-
-        app = web.Application(client_max_size=4 * 1024 * 1024)
-        app.router.add_post("/ImageSynapse", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-
-        async def stop() -> None:
-            await batcher.stop()
-            await runner.cleanup()
-            tier.close()
-
-        return f"http://127.0.0.1:{port}", {"server": "bench loopback server (aiohttp + MicroBatcher + tier)",
-                                            "signed": False}, stop
-
-    return start
-
-
-def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], port: int
-                   ) -> Callable[[], Any] | None:
-    """The project's miner app (``roadminer.miner.backend.start_miner``) configured with the fast tier."""
-    try:
-        from roadminer.miner.run import start_miner  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-
-    async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
-        import inspect
-
         from roadminer.core.config import load_settings
+        from roadminer.miner.run import start_miner
+        from roadminer.protocol.keys import HotkeySigner
 
         overrides = {
             "server.host": "127.0.0.1", "server.port": port, "guards.allow_unregistered": True,
@@ -355,20 +281,9 @@ def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], po
             "cascade.tiers": [{"name": "fast", "kind": tier_kind, "options": tier_options}],
         }
         settings = load_settings(None, overrides)
-        from roadminer.protocol.keys import HotkeySigner
-
-        handle = start_miner(settings, signers=[(port, HotkeySigner.generate())])  # no wallet files touched
-        if inspect.isawaitable(handle):
-            handle = await handle
-
-        async def stop_cb() -> None:
-            r = handle.stop()
-            if inspect.isawaitable(r):
-                await r
-
-        info = {"server": "roadminer.miner.backend.start_miner", "signed": True,
-                "axon_hotkey": handle.hotkeys[0]}
-        return f"http://127.0.0.1:{port}", info, stop_cb
+        miner = await start_miner(settings, signers=[(port, HotkeySigner.generate())])
+        info = {"server": "roadminer.miner.run.start_miner", "signed": True, "axon_hotkey": miner.hotkeys[0]}
+        return f"http://127.0.0.1:{port}", info, miner.stop
 
     return start
 
@@ -376,20 +291,17 @@ def _project_miner(device: str, tier_kind: str, tier_options: dict[str, Any], po
 RequestBuilder = Callable[[str], tuple[str, dict, dict]]
 
 
-def _signed_request_factory(url: str, axon_hotkey: str | None) -> Callable[[], RequestBuilder] | None:
-    try:
-        from roadminer.protocol import sn72
-    except ImportError:
-        return None
-    if not axon_hotkey:
-        return None
+def _signed_request_factory(url: str, axon_hotkey: str) -> Callable[[], RequestBuilder]:
+    """Per concurrent client, a builder of SN72 requests signed by one throwaway validator hotkey."""
+    import uuid as uuid_mod
+
+    from roadminer.protocol import sn72
     from roadminer.protocol.keys import HotkeySigner
 
     signer = HotkeySigner.generate()
     host, port = url.rsplit("//", 1)[1].split(":")
-    import uuid as uuid_mod
 
-    def client() -> Callable[[str], tuple[str, dict, dict]]:
+    def client() -> RequestBuilder:
         # One dendrite uuid per concurrent client: nonces must increase per (hotkey, uuid) endpoint, and
         # one client sends its requests one after another, as a validator does.
         ident = str(uuid_mod.uuid4())
@@ -402,9 +314,9 @@ def _signed_request_factory(url: str, axon_hotkey: str | None) -> Callable[[], R
     return client
 
 
-async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
-                     clients: Callable[[], RequestBuilder] | None, offset: int = 0) -> dict[str, Any]:
-    """``n`` requests from ``concurrency`` clients; request i sends ``b64[offset + i]``."""
+async def _http_load(b64: Sequence[str], concurrency: int, n: int, clients: Callable[[], RequestBuilder],
+                     offset: int = 0) -> dict[str, Any]:
+    """``n`` signed requests from ``concurrency`` clients; request i sends ``b64[offset + i]``."""
     import aiohttp
 
     lat: list[float] = []
@@ -414,13 +326,9 @@ async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
     async with aiohttp.ClientSession(connector=conn) as session:
         async def worker() -> None:
             nonlocal errors
-            build = clients() if clients is not None else None
+            build = clients()
             for i in counter:
-                img = b64[(offset + i) % len(b64)]
-                if build is not None:
-                    target, headers, body = build(img)
-                else:
-                    target, headers, body = url + "/ImageSynapse", {}, {"image": img, "prediction": -1.0}
+                target, headers, body = build(b64[(offset + i) % len(b64)])
                 t = time.perf_counter()
                 try:
                     async with session.post(target, json=body, headers=headers) as r:
@@ -433,11 +341,13 @@ async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
 
         # a few warm-up requests (connections, first batches)
         warm = [b64[(offset + n + i) % len(b64)] for i in range(min(8, n))]
-        build = clients() if clients is not None else None
+        build = clients()
         for img in warm:
-            target, headers, body = build(img) if build else (url + "/ImageSynapse", {}, {"image": img})
+            target, headers, body = build(img)
             async with session.post(target, json=body, headers=headers) as r:
                 await r.read()
+                if r.status != 200:
+                    raise BenchError(f"the miner refused a signed warm-up request: HTTP {r.status}")
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         dt = time.perf_counter() - t0
@@ -447,39 +357,26 @@ async def _http_load(url: str, b64: Sequence[str], concurrency: int, n: int,
 
 
 def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64: Sequence[str],
-                 concurrency: Sequence[int], n: int, max_batch: int = 64) -> dict[str, Any]:
-    port = _free_port()
-    start = _project_miner(device, tier_kind, tier_options, port)
-    used_project = start is not None
-    result: dict[str, Any] = {}
+                 concurrency: Sequence[int], n: int) -> dict[str, Any]:
+    """Signed SN72 requests over loopback HTTP to the real miner, at each concurrency level. Raises
+    ``BenchError`` with the reason when the miner cannot start (nothing else is measured instead)."""
     import base64
 
+    port = _free_port()
     raws = [base64.b64decode(s) for s in b64]
     counts = [max(n, 4 * c) for c in concurrency]
     offsets = [sum(counts[:k]) + 8 * k for k in range(len(counts))]
     total = sum(counts) + 8 * len(counts)
     b64 = [to_b64(unique_variant(raws[i % len(raws)], i)) for i in range(total)]  # no cache hits
-
-    def levels(clients: Callable[[], RequestBuilder] | None, url: str) -> list[dict[str, Any]]:
-        return [asyncio.run(_http_load(url, b64, c, k, clients, off))
-                for c, k, off in zip(concurrency, counts, offsets, strict=True)]
-
-    try:
-        with _ServerThread(start or _local_server(tier_options, tier_kind, max_batch, port)) as srv:
-            result.update(srv.info)
-            clients = None
-            if srv.info.get("signed"):
-                clients = _signed_request_factory(srv.url, srv.info.get("axon_hotkey"))
-            result["signed"] = clients is not None
-            result["levels"] = levels(clients, srv.url)
-    except Exception as e:
-        if not used_project:
-            raise
-        logger.warning("project miner app could not be benchmarked ({}); using the bench loopback server", e)
-        result = {"project_app_error": f"{type(e).__name__}: {e}"}
-        with _ServerThread(_local_server(tier_options, tier_kind, max_batch, _free_port())) as srv:
-            result.update(srv.info)
-            result["levels"] = levels(None, srv.url)
+    with contextlib.ExitStack() as stack:
+        try:
+            srv = stack.enter_context(_ServerThread(_real_miner(device, tier_kind, tier_options, port)))
+        except Exception as e:
+            raise BenchError(f"the miner could not start: {type(e).__name__}: {e}") from e
+        result: dict[str, Any] = dict(srv.info)
+        clients = _signed_request_factory(srv.url, srv.info["axon_hotkey"])
+        result["levels"] = [asyncio.run(_http_load(b64, c, k, clients, off))
+                            for c, k, off in zip(concurrency, counts, offsets, strict=True)]
     return result
 
 
@@ -547,7 +444,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Ben
     say = say or (lambda m: logger.info(m))
     res = BenchResult(config=asdict(cfg), env=environment(cfg.device))
     say(f"drawing {cfg.n_images} challenge images (JPEG q75, 224x224)")
-    raws = synthetic_jpegs(cfg.n_images, seed=cfg.seed)
+    raws = scene_jpegs(cfg.n_images, seed=cfg.seed)
     b64 = [to_b64(r) for r in raws]
     best_name, best_rate = None, 0.0
     engines: dict[str, Any] = {}

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from roadminer.imaging.decode import encode_jpeg
+
 DEFAULT_SIZE = (512, 384)
 CLASS_DIRS = {True: "roadwork", False: "no_roadwork"}
 
@@ -374,3 +376,8 @@ def write_scene_folder(
             )
         counts[sub] = n
     return counts
+
+
+def scene_jpegs(n: int, size: int = 224, seed: int = 0, quality: int = 75) -> list[bytes]:
+    """``n`` challenge-like JPEGs of drawn street scenes, every other one with road work."""
+    return [encode_jpeg(draw_scene(scene_rng(seed, i), i % 2 == 0, size), quality) for i in range(n)]

@@ -84,12 +84,3 @@ def register(app: typer.Typer) -> None:
         except PlanError as e:  # an over-committed GPU: say why, start nothing
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-
-
-def main() -> None:
-    """Entry point of ``neurons/miner.py``: ``roadminer miner`` with the same flags."""
-    import sys
-
-    from roadminer.cli import app
-
-    app(args=["miner", *sys.argv[1:]], prog_name="roadminer")

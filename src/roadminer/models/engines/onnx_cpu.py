@@ -72,9 +72,9 @@ class _SceneCalibration:
     """Calibration batches for static int8 quantisation: drawn street-like scenes, JPEG q75 round trip."""
 
     def __init__(self, size: int, n: int = 64, batch: int = 8, seed: int = 0) -> None:
-        from roadminer.bench.harness import synthetic_jpegs
+        from roadminer.imaging.scenes import scene_jpegs
 
-        raws = synthetic_jpegs(n, size=size, seed=seed)
+        raws = scene_jpegs(n, size=size, seed=seed)
         buf = np.empty((n, size, size, 3), dtype=np.uint8)
         pol = ImagePolicy()
         for i, r in enumerate(raws):
