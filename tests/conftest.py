@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from _netutil import free_port
+from testkit.net import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing (atheris/libFuzzer) of the image decoder and the SN72 header parser.
 
-Run by tests/test_fuzz_atheris.py in a subprocess (libFuzzer exits the process when done):
+Run by tests/integration/test_fuzz_atheris.py in a subprocess (libFuzzer exits the process when done):
 ``python tests/fuzz_corpus/atheris_targets.py decode -runs=5000 CORPUS_DIR``. A crash (any exception
 other than the defined refusals) makes libFuzzer exit non-zero and write the input as ``crash-*``.
 """

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
-from _miner_helpers import ALICE, jpeg_b64, run_miner, settings_for, sn72_call
 from roadminer.lifecycle.registry import ModelRegistry, build_router
 from roadminer.miner.reload import ModelWatcher
+from testkit.miner import ALICE, jpeg_b64, run_miner, settings_for, sn72_call
 
 WEAK = {"coef": [0.0, 0.0, 0.0, 0.15, 0.0], "intercept": -0.05, "version": "colour-weak"}
 STRONG = {"coef": [1.2, 0.2, 0.8, 0.3, 0.8], "intercept": -2.5, "version": "colour-strong"}

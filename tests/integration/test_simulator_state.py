@@ -9,14 +9,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from _netutil import free_port
 from roadminer.chain.local import LocalChainView
 from roadminer.core.config import StateConfig
 from roadminer.miner.run import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
 from roadminer.state.layer import StateLayer
 from roadminer.validator.simulator import OutcomeRecorder, simulate
-from test_validator_support import QualityPredictor, colour_source, miner_settings
+from testkit.net import free_port
+from testkit.validator import QualityPredictor, colour_source, miner_settings
 
 MINER_URI = "//Dave"
 VALIDATORS = ("//Alice", "//Bob")

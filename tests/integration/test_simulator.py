@@ -11,7 +11,7 @@ from roadminer.chain.local import LocalChainView
 from roadminer.miner.run import start_miner
 from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
 from roadminer.validator.simulator import parse_miner_url, simulate
-from test_validator_support import VALIDATOR_URI, QualityPredictor, colour_source, miner_settings
+from testkit.validator import VALIDATOR_URI, QualityPredictor, colour_source, miner_settings
 
 MINER_URI = "//Dave"
 

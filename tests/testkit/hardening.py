@@ -18,12 +18,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-from _miner_helpers import ALICE, jpeg_b64, run_miner
 from roadminer.miner.run import RunningMiner
 from roadminer.protocol import btauth, sn72
 from roadminer.protocol.keys import HotkeySigner
+from testkit.miner import ALICE, jpeg_b64, run_miner
 
-CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "fuzz_corpus"
 # Fuzz cases run per kind, printed at the end of each fuzz module (``pytest -s``).
 FUZZ_COUNTS: Counter[str] = Counter()
 

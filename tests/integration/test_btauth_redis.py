@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from _miner_helpers import ALICE, MINER, btauth_call, jpeg_b64, run_miner, send_raw, settings_for
 from roadminer.protocol import sn72
+from testkit.miner import ALICE, MINER, btauth_call, jpeg_b64, run_miner, send_raw, settings_for
 
 
 async def test_replay_across_workers_is_refused(tmp_path, redis_url: str) -> None:

@@ -13,22 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _hardening import FUZZ_COUNTS, fuzz_settings
-from _miner_helpers import ALICE, BOB, MINER
 from roadminer.protocol import btauth, sn72
 from roadminer.state.nonce import NonceStore
+from testkit.hardening import FUZZ_COUNTS, fuzz_settings
+from testkit.miner import ALICE, BOB, MINER
+from testkit.strategies import BTAUTH_NAMES, SN72_NAMES, json_values
 
 D, A = sn72.DENDRITE_PREFIX, sn72.AXON_PREFIX
-SN72_NAMES = [
-    "timeout", "name", "header_size", "total_size", "computed_body_hash",
-    *(D + f for f in ("hotkey", "nonce", "uuid", "signature", "version", "ip", "port", "status_code")),
-    *(A + f for f in ("hotkey", "ip", "port", "version", "process_time", "status_code")),
-    "x-other", "bt_header_input_obj_image",
-]  # fmt: skip
-BTAUTH_NAMES = [
-    "X-Bittensor-Version", "X-Bittensor-Hotkey", "X-Bittensor-Nonce", "X-Bittensor-Signature",
-    "X-Bittensor-Receiver", "X-Bittensor-Crypto",
-]  # fmt: skip
 
 # What aiohttp hands over for header bytes that are not UTF-8 (surrogate escapes), plus any text.
 surrogates = st.text(st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF), min_size=1, max_size=8)
@@ -165,13 +156,6 @@ def test_sn72_unsigned_timeout_cannot_reopen_an_old_nonce() -> None:
         with pytest.raises(sn72.SynapseError) as e:
             sn72.parse_headers(headers)
         assert e.value.status == 400
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=20,
-)
 
 
 @fuzz_settings(400)

@@ -160,7 +160,7 @@ def test_timeout_or_error_falls_back_to_earlier_tiers(server: FakeVLLM, mode: st
 
 
 def test_unreachable_server_does_not_fail_the_cascade() -> None:
-    from _netutil import free_port
+    from testkit.net import free_port
 
     vlm = VLLMTier(base_url=f"http://127.0.0.1:{free_port()}", timeout_s=1.0)
     router = EarlyExitRouter([ConstTier(), vlm], [1.0, 1.0], [None, None])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from _netutil import free_port
+from testkit.net import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
@@ -149,7 +149,7 @@ CHILD = textwrap.dedent("""
 def _child(script: Path, proc_dir: Path, redis_url: str) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, str(script), str(proc_dir), redis_url], capture_output=True,
-                         text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
+                         text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[3])
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -16,7 +16,7 @@ from roadminer.core.config import load_settings
 from roadminer.core.metrics import REGISTRY
 from roadminer.deploy.planner import make_plan
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DOCKER = REPO / "docker"
 K8S = DOCKER / "k8s"
 K8S_VERSION = "1.33.0"

@@ -12,10 +12,10 @@ import aiohttp
 import numpy as np
 import pytest
 
-from _miner_helpers import ALICE, btauth_call, jpeg_b64, png_b64, run_miner, scene, settings_for, sn72_call
 from roadminer.cascade.router import CascadeResult, EarlyExitRouter
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg, probe_image
 from roadminer.models.base import ImageBatch, Tier, TierOutput, needs_decoded_images
+from testkit.miner import ALICE, btauth_call, jpeg_b64, png_b64, run_miner, scene, settings_for, sn72_call
 
 
 class CountingDecoder:

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _hardening import (
+from roadminer.protocol import btauth, sn72
+from testkit.hardening import (
     FUZZ_COUNTS,
     ThreadedMiner,
     fuzz_settings,
@@ -25,10 +26,8 @@ from _hardening import (
     signed_sn72,
     signed_sn72_body,
 )
-from _miner_helpers import jpeg_b64, settings_for
-from roadminer.protocol import btauth, sn72
-from test_fuzz_decode import mutated
-from test_fuzz_protocol import BTAUTH_NAMES, SN72_NAMES, json_values
+from testkit.miner import jpeg_b64, settings_for
+from testkit.strategies import BTAUTH_NAMES, SN72_NAMES, json_values, mutated
 
 REFUSALS = {400, 401, 403, 404, 405, 411, 413, 415, 422, 429, 431}
 header_bytes = st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"").lstrip())

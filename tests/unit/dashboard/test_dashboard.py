@@ -3,7 +3,6 @@ Chromium; mounting on a host app; bad input answered with clear errors."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -286,9 +285,12 @@ async def test_chromium_renders_seeded_charts(tmp_path: Path, redis_url: str) ->
 
 
 def test_docs_screenshot_is_present() -> None:
-    png = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
+    png = Path(__file__).resolve().parents[3] / "docs" / "dashboard.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
-    assert json.loads(json.dumps({"ok": True}))  # keeps the json import honest for the snapshot test
+    from PIL import Image
+
+    with Image.open(png) as img:  # a full-page capture, not a placeholder
+        assert img.size[0] >= 800 and img.size[1] >= 600
 
 
 async def test_replay_fills_history_from_drawn_scenes() -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from _hardening import (
+from roadminer.protocol import btauth, sn72
+from testkit.hardening import (
     FUZZ_COUNTS,
     ThreadedMiner,
     apply_header_edits,
@@ -25,8 +26,7 @@ from _hardening import (
     signed_sn72,
     signed_sn72_body,
 )
-from _miner_helpers import settings_for
-from roadminer.protocol import btauth, sn72
+from testkit.miner import settings_for
 
 CORPUS = load_corpus()
 

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("atheris")
 
-CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "fuzz_corpus"
 RUNS = int(20_000 * float(os.environ.get("ROADMINER_FUZZ_SCALE", "1")))
 
 

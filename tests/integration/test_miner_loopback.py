@@ -16,7 +16,12 @@ import numpy as np
 import yaml
 from typer.testing import CliRunner
 
-from _miner_helpers import (
+from roadminer.cascade.router import CascadeResult
+from roadminer.chain.local import LocalChainView
+from roadminer.miner.run import RunningMiner
+from roadminer.models.base import ImageBatch
+from roadminer.state.queue import Reason
+from testkit.miner import (
     ALICE,
     BOB,
     btauth_call,
@@ -25,11 +30,6 @@ from _miner_helpers import (
     settings_for,
     sn72_call,
 )
-from roadminer.cascade.router import CascadeResult
-from roadminer.chain.local import LocalChainView
-from roadminer.miner.run import RunningMiner
-from roadminer.models.base import ImageBatch
-from roadminer.state.queue import Reason
 
 
 class TwoTierPredictor:

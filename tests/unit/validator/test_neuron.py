@@ -14,7 +14,7 @@ from roadminer.protocol.keys import HotkeySigner, ss58_from_uri
 from roadminer.validator.challenges import ShuffledDeck
 from roadminer.validator.client import MinerClient
 from roadminer.validator.neuron import FileWeightSetter, JsonFileStateStore, RedisStateStore, Validator
-from test_validator_support import VALIDATOR_URI, QualityPredictor, colour_source, miner_settings
+from testkit.validator import VALIDATOR_URI, QualityPredictor, colour_source, miner_settings
 
 MINERS = {
     1: ("//Bob", 0.0),

@@ -22,7 +22,6 @@ import aiohttp
 import numpy as np
 import pytest
 
-from _miner_helpers import ALICE, BOB, CHARLIE, MINER, run_miner, scene, settings_for, sn72_call
 from roadminer.core.metrics import REGISTRY
 from roadminer.imaging.decode import encode_jpeg, to_b64
 from roadminer.protocol import sn72
@@ -31,6 +30,7 @@ from roadminer.state.backends.redis_store import RedisStore
 from roadminer.state.backends.resilient import ResilientStore
 from roadminer.state.nonce import NonceStore
 from roadminer.state.queue import HardExampleQueue
+from testkit.miner import ALICE, BOB, CHARLIE, MINER, run_miner, scene, settings_for, sn72_call
 
 PREFIX = "rmfault:"
 

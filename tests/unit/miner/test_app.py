@@ -8,7 +8,8 @@ import json
 
 import aiohttp
 
-from _miner_helpers import (
+from roadminer.protocol import sn72
+from testkit.miner import (
     ALICE,
     BOB,
     CHARLIE,
@@ -24,7 +25,6 @@ from _miner_helpers import (
     settings_for,
     sn72_call,
 )
-from roadminer.protocol import sn72
 
 
 async def test_answers_and_blacklist(tmp_path) -> None:

@@ -22,12 +22,12 @@ import aiohttp
 import numpy as np
 import pytest
 
-from _miner_helpers import MINER, SlowPredictor, jpeg_b64, run_miner
 from roadminer.chain.local import LocalChainView
 from roadminer.core.config import Settings
 from roadminer.miner.run import RunningMiner
 from roadminer.protocol import sn72
 from roadminer.protocol.keys import HotkeySigner
+from testkit.miner import MINER, SlowPredictor, jpeg_b64, run_miner
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@ refusal writes state an honest validator depends on (nonces, rate-limit tokens),
 two workers sharing Redis are accepted exactly once, and nothing ends in a 500.
 
 (Unit-level nonce rules and the single replay across two workers are in test_protocol_*.py and
-test_serving_btauth_redis.py.)"""
+integration/test_btauth_redis.py.)"""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from typing import Any
 
 import aiohttp
 
-from _hardening import internal_errors
-from _miner_helpers import (
+from roadminer.miner.run import RunningMiner
+from roadminer.protocol import btauth, sn72
+from roadminer.protocol.keys import HotkeySigner
+from testkit.hardening import internal_errors
+from testkit.miner import (
     ALICE,
     BOB,
     CHARLIE,
@@ -29,9 +32,6 @@ from _miner_helpers import (
     settings_for,
     sn72_call,
 )
-from roadminer.miner.run import RunningMiner
-from roadminer.protocol import btauth, sn72
-from roadminer.protocol.keys import HotkeySigner
 
 MALLORY = HotkeySigner.from_uri("//Mallory")  # not on the chain; tries to pass as others
 
