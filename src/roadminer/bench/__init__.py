@@ -1,1 +1,2 @@
-"""Benchmarks: the fast path against the reference-style baseline."""
+"""Benchmarks: the fast engines, the real miner over signed loopback HTTP, and the reference-style baseline.
+May import the miner and everything below it."""

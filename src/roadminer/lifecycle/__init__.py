@@ -1,1 +1,2 @@
-"""TODO"""
+"""Model lifecycle: registry (and the cascade it serves), promotion gate, distillation, the learning loop and
+their commands. May import cascade, validator and everything below them."""

@@ -56,7 +56,7 @@ def build_teacher(settings: Any, registry: ModelRegistry | None = None, tier: st
     return teach
 
 
-def validator_views(samples: Sequence[Any], levels: Sequence[int], seed: int = 0) -> list[tuple[int, bytes]]:
+def encoded_views(samples: Sequence[Any], levels: Sequence[int], seed: int = 0) -> list[tuple[int, bytes]]:
     """(sample index, JPEG bytes) of each sample's validator-parity view at each level."""
     from roadminer.imaging.decode import encode_jpeg
     from roadminer.imaging.views import validator_view
@@ -136,7 +136,7 @@ def distill(
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     teacher = build_teacher(settings, registry, teacher_tier)
-    views = validator_views(samples, levels, seed)
+    views = encoded_views(samples, levels, seed)
     payloads = [b for _, b in views]
     soft = teacher(payloads)
     hard = [samples[i].label if use_labels else None for i, _ in views]

@@ -227,8 +227,9 @@ def read_eval(ds: str | Path) -> list[EvalItem]:
         ]
 
 
-def validator_view(path: Path, size: int = 224, quality: int = 75) -> np.ndarray:
-    """What a validator sends at level 0: square crop, 224x224, JPEG q75 (decoded back to RGB)."""
+def square_eval_view(path: Path, size: int = 224, quality: int = 75) -> np.ndarray:
+    """The detector's evaluation view: its own box-aware square crop, 224x224, JPEG q75 (decoded back to RGB);
+    the level-0 counterpart of :func:`roadminer.imaging.views.validator_view` for images with boxes."""
     img = Image.open(path).convert("RGB")
     img, _ = square_crop(img, [], size)
     buf = io.BytesIO()
@@ -415,7 +416,7 @@ def train_detector(
     card_path_for(weights_out).write_text(json.dumps(card, indent=2))
     tier = YoloTier(weights=str(weights_out.resolve()), device=device, imgsz=imgsz)
     items = read_eval(ds)
-    images = [validator_view(it.path) for it in items]
+    images = [square_eval_view(it.path) for it in items]
     feats, _ = tier.features(images)
     img_metrics, head = image_level_metrics(feats, items, seed=seed)
     card.update(
