@@ -14,15 +14,18 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from loguru import logger
+from pydantic import BaseModel
 
 from roadminer.core.metrics import INFLIGHT, REQUEST_LATENCY, REQUESTS, TIER_EXITS
 from roadminer.imaging.decode import ImageDecodeError
 from roadminer.miner.backend import CACHE_TIER, MinerBackend, Prediction, _sha256
 from roadminer.miner.guards import Refusal, check_content_length
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class RequestRefused(Exception):
@@ -38,6 +41,14 @@ class RequestRefused(Exception):
     @classmethod
     def of(cls, refusal: Refusal) -> RequestRefused:
         return cls(refusal.status, refusal.kind, refusal.message)
+
+
+def parse_model(model: type[M], body: bytes, message: str) -> M:
+    """``body`` validated as the protocol's pydantic ``model``; a 400 with ``message`` when it is not."""
+    try:
+        return model.model_validate_json(body)
+    except ValueError:
+        raise RequestRefused(400, "bad_request", message) from None
 
 
 @dataclass

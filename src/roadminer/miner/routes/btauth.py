@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from roadminer.miner.backend import MinerBackend, Prediction
-from roadminer.miner.pipeline import ProtocolRoute, RequestContext, RequestRefused
+from roadminer.miner.pipeline import ProtocolRoute, RequestContext, RequestRefused, parse_model
 from roadminer.protocol import btauth
 
 BAD_BODY = 'body must be JSON {"image": base64}'
@@ -47,10 +47,7 @@ class BtAuthRoute(ProtocolRoute):
         return f"{self.hotkey}:{ctx.sender}"
 
     def parse(self, body: bytes, ctx: RequestContext) -> str:
-        try:
-            req = btauth.RoadworkRequest.model_validate_json(body)
-        except ValueError:
-            raise RequestRefused(400, "bad_request", BAD_BODY) from None
+        req = parse_model(btauth.RoadworkRequest, body, BAD_BODY)
         ctx.extra["request_id"] = req.request_id
         return req.image
 

@@ -15,7 +15,7 @@ from roadminer import __version__
 from roadminer.core.metrics import REQUESTS
 from roadminer.imaging.decode import ImageDecodeError
 from roadminer.miner.backend import MinerBackend, Prediction
-from roadminer.miner.pipeline import ProtocolRoute, RequestContext, RequestRefused
+from roadminer.miner.pipeline import ProtocolRoute, RequestContext, RequestRefused, parse_model
 from roadminer.protocol import sn72
 
 BAD_BODY = "Improperly formatted request: body is not an ImageSynapse JSON"
@@ -66,10 +66,7 @@ class Sn72Route(ProtocolRoute):
         return f"{self.hotkey}:{ctx.hotkey}"
 
     def parse(self, body: bytes, ctx: RequestContext) -> str:
-        try:
-            req = sn72.ImageSynapse.model_validate_json(body)
-        except ValueError:
-            raise RequestRefused(400, "bad_request", BAD_BODY) from None
+        req = parse_model(sn72.ImageSynapse, body, BAD_BODY)
         ctx.extra["testnet_label"] = req.testnet_label
         return req.image
 
