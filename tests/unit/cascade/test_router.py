@@ -43,7 +43,7 @@ def _img(red: int) -> np.ndarray:
 
 
 def test_vlm_tiers_only_with_the_flag(monkeypatch) -> None:
-    from roadminer.cascade import tiers as tiers_mod
+    from roadminer.models import base as tiers_mod
 
     monkeypatch.setitem(tiers_mod._REGISTRY, "vlm_hf", RedTier)  # stands in: the flag gates by kind
     tiers = [TierConfig(name="red", kind="test_red"), TierConfig(name="vlm", kind="vlm_hf")]

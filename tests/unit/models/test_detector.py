@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-pytest.importorskip("ultralytics", reason="ultralytics is in the train extra")
+if importlib.util.find_spec("ultralytics") is None:  # found without importing: importing it patches PIL.Image.open
+    pytest.skip("ultralytics is in the train extra", allow_module_level=True)
 
 from roadminer.models.base import ImageBatch, build_tier
 from roadminer.models.detector import (
@@ -40,8 +42,9 @@ def random_yolo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["YOLO_CONFIG_DIR"] = str(d / "cfg")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-    from ultralytics import YOLO
+    from roadminer.models.detector import import_yolo
 
+    YOLO = import_yolo()
     path = d / "random_yolo.pt"
     YOLO("yolo11n.yaml").save(str(path))
     return path
