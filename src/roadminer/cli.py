@@ -6,12 +6,28 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import typer
 
 from roadminer.core.logging_setup import setup_logging
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The typer app; a configuration that does not load ends the command with its reasons and exit
+    status 2 rather than a traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from roadminer.core.config import ConfigError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise SystemExit(2) from None
+
+
+app = _App(
     name="roadminer",
     help="Miner and validator node for a roadwork-detection subnet (SN72).",
     no_args_is_help=True,
@@ -32,6 +48,7 @@ COMMAND_MODULES = (
     "roadminer.bench.commands",  # bench
     "roadminer.dashboard.commands",  # dashboard
     "roadminer.deploy.commands",  # plan
+    "roadminer.core.commands",  # config show
 )
 
 

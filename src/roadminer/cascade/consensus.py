@@ -73,6 +73,39 @@ class ConsensusParams:
         conf = list(exit_confidence) if exit_confidence is not None else [None] * len(tiers)
         return cls(tiers=list(tiers), stages=stages, exit_confidence=conf)
 
+    def covers_start_of(self, tiers: list[str]) -> bool:
+        """Fitted for the first tiers of ``tiers`` (and more tiers follow): see ``extended``."""
+        return len(self.tiers) < len(tiers) and tiers[: len(self.tiers)] == self.tiers
+
+    def extended(self, tiers: list[str], weights: list[float],
+                 exit_confidence: list[float | None]) -> ConsensusParams:
+        """This consensus, fitted for the first ``m`` of ``tiers``, carried on to the tiers after them (a VLM
+        judge behind the fitted classifiers): stage ``k >= m`` pools the last fitted stage's log-odds, as
+        one voice carrying the fitted tiers' configured weight, with tiers ``m..k`` by their configured
+        weights. Exits: the fitted ones, except after the last fitted stage, which the fit never scored as
+        an exit (its configured ``exit_confidence`` applies), then the configured ones."""
+        m = len(self.tiers)
+        if not self.covers_start_of(tiers):
+            raise ValueError(f"consensus for {self.tiers} does not start the cascade {tiers}")
+        last = self.stages[-1]
+        fitted_weight = float(sum(weights[:m]))
+        stages = list(self.stages)
+        for k in range(m, len(tiers)):
+            later = [float(w) for w in weights[m : k + 1]]
+            total = fitted_weight + sum(later)
+            if total <= 0:
+                raise ValueError("tier weights must not sum to zero")
+            share = fitted_weight / total
+            stages.append(Stage(weights=[share * w for w in last.weights] + [w / total for w in later],
+                                bias=share * last.bias))
+        exits = list(self.exit_confidence[:m])
+        if exits[m - 1] is None:
+            exits[m - 1] = exit_confidence[m - 1]
+        exits += list(exit_confidence[m:])
+        report = {**self.report, "extended_to": list(tiers)}
+        return ConsensusParams(tiers=list(tiers), stages=stages, exit_confidence=exits, fitted=self.fitted,
+                               report=report)
+
     def stage_prob(self, k: int, probs: np.ndarray) -> np.ndarray:
         return sigmoid(self.stages[k].log_odds(probs))
 

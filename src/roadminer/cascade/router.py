@@ -58,7 +58,11 @@ class EarlyExitRouter:
         self.tiers = tiers
         self.weights = weights
         names = [t.name for t in tiers]
-        if consensus is not None and consensus.tiers != names:
+        if consensus is not None and consensus.tiers != names and consensus.covers_start_of(names):
+            logger.info("consensus fitted for tiers {}; tiers {} join it by their configured weights",
+                        consensus.tiers, names[len(consensus.tiers):])
+            consensus = consensus.extended(names, weights, exit_conf)
+        elif consensus is not None and consensus.tiers != names:
             logger.warning("consensus was fitted for tiers {} but the cascade has {}; using plain weights",
                            consensus.tiers, names)
             consensus = None

@@ -1,7 +1,9 @@
 """One typed configuration tree.
 
-Precedence (highest first): CLI overrides > ``ROADMINER_*`` environment (``__`` nests, e.g.
-``ROADMINER_SERVER__PORT=8092``) > YAML file (``--config``) > defaults below.
+Precedence (highest first), in every case: CLI overrides > ``ROADMINER_*`` environment (``__`` nests, e.g.
+``ROADMINER_SERVER__PORT=8092``) > YAML file (``--config``) > defaults below. pydantic-settings merges
+the layers (``core.config_layers``); every section refuses unknown keys, and each tier kind's options are
+typed (``core.tier_options``). ``roadminer config show`` prints the effective values and their layers.
 """
 
 from __future__ import annotations
@@ -9,22 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from roadminer.core.config_layers import ConfigError, SettingsLayers, allowed_hint
+from roadminer.core.tier_options import PLAN_HINTS, TIER_OPTIONS, options_model
+
+__all__ = ["ConfigError", "Settings", "load_settings", "resolve_settings"]
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/roadminer (this file is core/config.py)
 ASSETS_DIR = PACKAGE_DIR / "assets"
 
 
-class WalletConfig(BaseModel):
+class Section(BaseModel):
+    """A settings section: unknown keys are an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WalletConfig(Section):
     path: str = "~/.bittensor/wallets"
     name: str = "roadminer"
     hotkey: str = "default"
     create_if_missing: bool = True
 
 
-class ServerConfig(BaseModel):
+class ServerConfig(Section):
     host: str = "0.0.0.0"
     port: int = 8091
     # Extra (port, wallet hotkey) pairs served by the same process, sharing one batcher and model.
@@ -37,13 +50,13 @@ class ServerConfig(BaseModel):
     external_port: int | None = None
 
 
-class ExtraHotkey(BaseModel):
+class ExtraHotkey(Section):
     port: int
     hotkey: str
     name: str | None = None  # wallet name; defaults to wallet.name
 
 
-class ChainConfig(BaseModel):
+class ChainConfig(Section):
     network: Literal["local", "finney", "test"] | str = "local"
     netuid: int = 72
     local_config: str = "configs/local_chain.yaml"
@@ -52,7 +65,7 @@ class ChainConfig(BaseModel):
     metrics_interval_s: float = 300.0
 
 
-class GuardConfig(BaseModel):
+class GuardConfig(Section):
     allow_unregistered: bool = False
     require_validator_permit: bool = True
     min_stake: float = 1000.0
@@ -70,7 +83,7 @@ class GuardConfig(BaseModel):
     btauth_allowed_skew_s: float = 2.0
 
 
-class ImageLimits(BaseModel):
+class ImageLimits(Section):
     max_encoded_bytes: int = 1024 * 1024
     max_pixels: int = 4096 * 4096
     max_side: int = 8192
@@ -80,13 +93,13 @@ class ImageLimits(BaseModel):
     max_work_side: int | None = 1024
 
 
-class BatcherConfig(BaseModel):
+class BatcherConfig(Section):
     max_batch: int = 64
     max_wait_ms: float = 2.0
     workers: int = 1
 
 
-class StateConfig(BaseModel):
+class StateConfig(Section):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "roadminer:"
@@ -106,7 +119,7 @@ class StateConfig(BaseModel):
     queue_low_reward: float = 0.3
 
 
-class LearningConfig(BaseModel):
+class LearningConfig(Section):
     """Model registry and the mine -> train -> promote loop."""
 
     models_dir: str = "models"
@@ -123,7 +136,7 @@ class LearningConfig(BaseModel):
     reload_poll_s: float = 5.0  # the miner checks the registry's current version this often
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Section):
     """``roadminer train``: fine-tune an image classifier on validator-parity views."""
 
     arch: str = "efficientnet-lite0"  # efficientnet-lite0/1/2, timm:<id>, hf:<id>
@@ -150,14 +163,51 @@ class TrainConfig(BaseModel):
     use_dora: bool = False
 
 
-class TierConfig(BaseModel):
+class TierConfig(Section):
     name: str
-    kind: str  # registry key, e.g. "colour", "classifier", "yolo", "vlm_vllm", "vlm_hf"
+    kind: str  # tier kind: classifier, colour, yolo, ocr, fast_gpu, onnx_cpu, vlm_vllm, vlm_hf
     enabled: bool = True
     weight: float = 1.0
     # Exit the cascade after this tier when the pooled probability is outside [1-t, t].
     exit_confidence: float | None = None
+    # Typed per kind (core/tier_options.py): unknown keys are refused. Kept as the keys that were given.
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        options_model(v)  # ValueError naming the known kinds
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _typed_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kind = info.data.get("kind")
+        if kind is None:  # the kind itself was refused
+            return v
+        model = TIER_OPTIONS[kind]
+        try:
+            typed = model.model_validate(v)
+        except ValidationError as e:
+            raise _explained_option_errors(e, kind, model) from None
+        return typed.model_dump(exclude_unset=True)
+
+
+def _explained_option_errors(err: ValidationError, kind: str, model: type[BaseModel]) -> ValidationError:
+    """The tier-options errors with the kind's allowed keys (and a near miss) in each unknown-key message."""
+    details: list[InitErrorDetails] = []
+    for e in err.errors(include_url=False):
+        if e["type"] == "extra_forbidden":
+            options = sorted(k for k in model.model_fields if k not in PLAN_HINTS)
+            hint = allowed_hint(str(e["loc"][-1]), options, f"a {kind} tier", "; plus the planner's memory hints")
+            error = PydanticCustomError("unknown_tier_option", "unknown option{hint}", {"hint": hint})
+            details.append(InitErrorDetails(type=error, loc=tuple(e["loc"]), input=e["input"]))
+        else:  # the error as it was
+            kept = InitErrorDetails(type=e["type"], loc=tuple(e["loc"]), input=e["input"])
+            if "ctx" in e:
+                kept["ctx"] = e["ctx"]
+            details.append(kept)
+    return ValidationError.from_exception_data(err.title, details)
 
 
 def _default_tiers() -> list[TierConfig]:
@@ -172,7 +222,7 @@ def _default_tiers() -> list[TierConfig]:
     ]
 
 
-class CascadeConfig(BaseModel):
+class CascadeConfig(Section):
     tiers: list[TierConfig] = Field(default_factory=_default_tiers)
     # Decision threshold on the calibrated probability (validator rounds: 0.5 -> "no roadwork").
     # Identity by default: the fitted consensus (stacking) is the calibration. For Lite0 alone use its
@@ -180,7 +230,7 @@ class CascadeConfig(BaseModel):
     threshold: float = 0.5
     temperature: float = 1.0
     bias: float = 0.0
-    # VLM tiers (kinds vlm_vllm / vlm_hf) run only when this is on (``--cascade.vlm true`` or
+    # VLM tiers (kinds vlm_vllm / vlm_hf) run only when this is on (``--set cascade.vlm=true`` or
     # ROADMINER_CASCADE__VLM=1); off by default so the cascade runs offline.
     vlm: bool = False
     # Stacking weights + fitted exit thresholds (``roadminer cascade-fit`` / ``cascade-stack``); missing file
@@ -190,8 +240,17 @@ class CascadeConfig(BaseModel):
     no_exit_on_disagreement: bool = False  # tiers on different sides of 0.5 -> go on to the next tier
     low_light_below: float | None = None  # mean luma (0-255) under which an image never exits early
 
+    @field_validator("tiers")
+    @classmethod
+    def _unique_names(cls, v: list[TierConfig]) -> list[TierConfig]:
+        names = [t.name for t in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tier names must be unique (the consensus and metrics key on them): {dup}")
+        return v
 
-class SimulatorConfig(BaseModel):
+
+class SimulatorConfig(Section):
     n: int = 100
     seed: int = 0
     concurrency: int = 1
@@ -202,7 +261,7 @@ class SimulatorConfig(BaseModel):
     hotkey_uri: str = "//Alice"
 
 
-class ValidatorConfig(BaseModel):
+class ValidatorConfig(Section):
     """The validator neuron (``roadminer validator``); the simulator runs the same code path."""
 
     # A dev URI (``//Alice``) instead of the wallet hotkey, for local chains only.
@@ -227,7 +286,7 @@ class ValidatorConfig(BaseModel):
     seed: int | None = None
 
 
-class PlanConfig(BaseModel):
+class PlanConfig(Section):
     """GPU memory planner (``roadminer plan``; checked by the miner at start-up)."""
 
     gpus: int | None = None  # None: the cards torch sees (1 when none)
@@ -237,7 +296,7 @@ class PlanConfig(BaseModel):
     enforce: bool = True  # refuse to start on an over-committed GPU
 
 
-class DashboardConfig(BaseModel):
+class DashboardConfig(Section):
     on_miner: bool = True  # the miner also serves the dashboard at /dashboard/ (main hotkey's port)
     host: str = "127.0.0.1"
     port: int = 8095
@@ -247,7 +306,7 @@ class DashboardConfig(BaseModel):
     refresh_s: float = 30.0
 
 
-class LoggingConfig(BaseModel):
+class LoggingConfig(Section):
     level: str = "INFO"
     json_logs: bool = False
     file: str | None = None
@@ -255,7 +314,7 @@ class LoggingConfig(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="ROADMINER_", env_nested_delimiter="__", extra="ignore", validate_default=True
+        env_prefix="ROADMINER_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
     wallet: WalletConfig = Field(default_factory=WalletConfig)
@@ -284,49 +343,56 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init (CLI overrides merged over YAML by load_settings) beats env.
+        # ``Settings(**values)``: the values beat the environment. ``load_settings`` passes its own
+        # sources (command line > environment > YAML file > defaults, see core/config_layers.py).
         return (init_settings, env_settings)
 
 
 ServerConfig.model_rebuild()
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``{"server.port": 1}`` -> ``{"server": {"port": 1}}``; ``None`` values are dropped."""
+    """``{"server.port": 1}`` -> ``{"server": {"port": 1}}``; ``None`` values (options not given on the
+    command line) are dropped. A key that is both a value and a parent (``a=1``, ``a.b=2``) is refused."""
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         if value is None:
             continue
+        parts = [p.strip() for p in key.split(".")]
+        if not all(parts):
+            raise ConfigError(f"command line: bad override key {key!r}")
         node = nested
-        parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"command line: {key!r} sets a key inside {p!r}, which is given a value too")
+            node = child
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise ConfigError(f"command line: {key!r} is given a value and keys inside it")
         node[parts[-1]] = value
     return nested
 
 
+def resolve_settings(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[Settings, SettingsLayers]:
+    """The settings and the layers they came from (for ``roadminer config show``)."""
+    layers = SettingsLayers(Settings, config_file, dotted_to_nested(overrides or {}))
+    problems = [f"  environment {var}: unknown section {var.split('__')[0][len('ROADMINER_'):].lower()!r} "
+                f"(sections: {', '.join(Settings.model_fields)})" for var in layers.unknown_env_sections()]
+    try:
+        settings = Settings(_build_sources=(layers.sources, {}))
+    except ValidationError as e:
+        raise ConfigError(layers.explain(e, problems)) from None
+    if problems:
+        raise ConfigError(layers.explain(None, problems))
+    return settings, layers
+
+
 def load_settings(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Build settings: YAML file, then ``ROADMINER_*`` env, then dotted CLI overrides on top."""
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
-        data = loaded
-    env_only = Settings()  # env + defaults
-    env_set = env_only.model_dump(exclude_defaults=True)
-    merged = _deep_merge(_deep_merge(data, env_set), dotted_to_nested(overrides or {}))
-    return Settings(**merged)
+    """Settings from defaults, the YAML file, ``ROADMINER_*`` variables and dotted command-line overrides
+    (``{"server.port": 8092}``), each layer over the one before. Raises ``ConfigError`` (a ``ValueError``)
+    naming every bad key and the file, variable or command line that holds it; ``FileNotFoundError`` for
+    a missing file."""
+    return resolve_settings(config_file, overrides)[0]
+

@@ -74,6 +74,7 @@ KNOWN_PARAMS: dict[str, float] = {
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "colour": {"device": "cpu", "params": 0, "dtype": "fp32", "activation_mb": 0.0},
     "onnx_cpu": {"device": "cpu", "params": 0, "dtype": "fp32", "activation_mb": 0.0},
+    "ocr": {"device": "cpu", "params": 0, "dtype": "fp32", "activation_mb": 0.0},  # onnxruntime on the CPU
     "fast_gpu": {"params": 4.65e6, "dtype": "fp16", "activation_mb": 16.0},
     "classifier": {"params": 25e6, "dtype": "fp16", "activation_mb": 24.0},
     "yolo": {"params": 9.4e6, "dtype": "fp16", "activation_mb": 48.0},
@@ -215,7 +216,7 @@ def tier_memory(
     share of the card a vLLM server pre-allocates (``gpu_memory_utilization``)."""
     opts: dict[str, Any] = dict(GENERIC_DEFAULTS)
     opts.update(KIND_DEFAULTS.get(tier.kind, {}))
-    user = dict(tier.options)
+    user = {k: v for k, v in tier.options.items() if v is not None}  # None: not given (device: the top level)
     arch = user.get("arch") or user.get("model") or user.get("backbone")
     if "params" not in user and isinstance(arch, str):
         base = arch.rsplit("/", 1)[-1].split(".")[0].lower()

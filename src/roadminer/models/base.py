@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
+
+from roadminer.core.config_layers import dotted, plain_message
+from roadminer.core.tier_options import TIER_OPTIONS, TierOptions, register_tier_options, validate_tier_options
 
 EPS = 1e-4
 
@@ -114,7 +118,14 @@ TierFactory = Callable[..., Tier]
 _REGISTRY: dict[str, TierFactory] = {}
 
 
-def register_tier(kind: str) -> Callable[[TierFactory], TierFactory]:
+def register_tier(kind: str, options: type[TierOptions] | None = None) -> Callable[[TierFactory], TierFactory]:
+    """Register a tier factory. ``options``: the kind's typed options (``core.tier_options.TierOptions``);
+    required for a kind that ``core.tier_options`` does not declare."""
+    if options is not None:
+        register_tier_options(kind, options)
+    elif kind not in TIER_OPTIONS:
+        raise ValueError(f"tier kind {kind!r} needs its options model: register_tier({kind!r}, options=...)")
+
     def deco(factory: TierFactory) -> TierFactory:
         _REGISTRY[kind] = factory
         return factory
@@ -137,11 +148,19 @@ _KIND_MODULES: dict[str, str] = {
 
 
 def build_tier(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Tier:
+    """A tier of ``kind`` built from its options, checked against the kind's typed options first (an
+    unknown or ill-typed option is a ``ValueError`` naming it). ``context``: objects handed to the
+    constructor from code (a loaded model), never from a configuration file."""
     _load_builtin_tiers(kind)
     if kind not in _REGISTRY:
         raise KeyError(f"unknown tier kind {kind!r}; known: {sorted(set(_REGISTRY) | set(_KIND_MODULES))}")
-    tier = _REGISTRY[kind](name=name, **(options or {}), **context)
-    return tier
+    try:
+        typed = validate_tier_options(kind, options)
+    except ValidationError as e:
+        problems = "; ".join(f"options.{dotted(err['loc'])}: {plain_message(err['msg'])}"
+                             for err in e.errors(include_url=False))
+        raise ValueError(f"tier {name!r} ({kind}): {problems}") from None
+    return _REGISTRY[kind](name=name, **typed.tier_kwargs(), **context)
 
 
 def _load_builtin_tiers(kind: str | None = None) -> None:

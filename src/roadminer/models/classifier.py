@@ -201,7 +201,6 @@ class ClassifierTier(Tier):
         batch_size: int = 64,
         threads: int | None = None,
         tta_flip: bool = False,
-        **_: Any,
     ) -> None:
         self.name = name
         path = Path(weights) if weights else DEFAULT_MODEL

@@ -59,7 +59,7 @@ def colour_features(rgb: np.ndarray) -> np.ndarray:
 class ColourCueTier(Tier):
     version = "colour-1"
 
-    def __init__(self, name: str = "colour", coefs_path: str | Path | None = None, **_: Any) -> None:
+    def __init__(self, name: str = "colour", coefs_path: str | Path | None = None) -> None:
         self.name = name
         path = Path(coefs_path) if coefs_path else DEFAULT_COEFS
         if path.is_file():

@@ -207,7 +207,6 @@ class YoloTier(Tier):
         batch_size: int = 32,
         head: dict[str, Any] | None = None,
         count_conf: float | None = None,
-        **_: Any,
     ) -> None:
         self.name = name
         self.path = resolve_weights(weights)

@@ -121,7 +121,6 @@ class OcrTier(Tier):
         phrases: dict[str, float] | None = None,
         extra_phrases: dict[str, float] | None = None,
         threads: int | None = None,
-        **_: Any,
     ) -> None:
         try:
             from rapidocr_onnxruntime import RapidOCR

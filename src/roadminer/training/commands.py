@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
         from roadminer.core.config import load_settings
         from roadminer.training.train import train
 
-        overrides = {f"train.{k}": v for k, v in parse_sets(sets).items()}
+        # keys are train.* settings, with or without the prefix (``--set epochs=3``, ``--set train.epochs=3``)
+        overrides = {k if k.startswith("train.") else f"train.{k}": v for k, v in parse_sets(sets).items()}
         for key, val in (
             ("arch", arch),
             ("epochs", epochs),

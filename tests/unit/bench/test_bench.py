@@ -158,7 +158,7 @@ def test_run_bench_cpu_end_to_end_over_loopback(tmp_path, monkeypatch):
 
 def test_bench_fails_with_the_reason_when_the_miner_cannot_start():
     b64 = challenge_b64(2)
-    with pytest.raises(BenchError, match=r"the miner could not start: .*unknown tier kind 'no_such_engine'"):
+    with pytest.raises(BenchError, match=r"(?s)the miner could not start: .*unknown tier kind 'no_such_engine'"):
         measure_http("cpu", "no_such_engine", {}, b64, (1,), 2)
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from roadminer.cascade.consensus import ConsensusParams
 from roadminer.cascade.router import EarlyExitRouter
 from roadminer.core.config import CascadeConfig, TierConfig, load_settings
+from roadminer.core.tier_options import TierOptions
 from roadminer.models.base import ImageBatch, Tier, TierOutput, register_tier
 
 
@@ -33,7 +34,12 @@ class RedTier(Tier):
         return TierOutput(prob=p)
 
 
-register_tier("test_red")(RedTier)
+class RedOptions(TierOptions):
+    nan_every: int = 0
+    fail: bool = False
+
+
+register_tier("test_red", options=RedOptions)(RedTier)
 
 
 def _img(red: int) -> np.ndarray:

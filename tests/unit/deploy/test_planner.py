@@ -77,11 +77,11 @@ def test_tier_memory_from_options_and_defaults() -> None:
     assert m.kv_gib == pytest.approx(28 * 4 * 128 * 2 * 4096 * 2 * 16 / GIB)
     assert m.activations_gib == pytest.approx(1.0)
     assert m.batch == 16  # a VLM's batch is its concurrent sequences
-    # A classifier that names its backbone gets the known parameter count; activations scale with batch.
+    # An engine tier that names its backbone gets the known parameter count; activations scale with batch.
     clf = TierConfig(
         name="clf",
-        kind="classifier",
-        options={"arch": "vit_base_patch16_224", "dtype": "fp16", "activation_mb": 10},
+        kind="fast_gpu",
+        options={"arch": "vit_base_patch16_224", "activation_mb": 10},
     )
     m = tier_memory(clf, default_batch=32)
     assert m.weights_gib == pytest.approx(86.6e6 * 2 / GIB)

@@ -187,3 +187,16 @@ def test_batch_deadline_keeps_the_answers_that_arrived(server: FakeVLLM) -> None
     assert all(t == ("vlm" if a else "cheap") for t, a in zip(res.exit_tier, answered, strict=True))
     np.testing.assert_allclose(res.prob[~answered], 0.7)
     assert np.all(res.prob[answered] > 0.7)  # a confident Yes pooled with the cheap tier's 0.7
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
+def test_base_url_with_or_without_the_api_prefix(server: FakeVLLM, suffix: str) -> None:
+    """``http://host:8000`` and the OpenAI-client style ``http://host:8000/v1`` reach the same endpoint (the
+    server here answers only ``/v1/chat/completions``)."""
+    vlm = build_tier("vlm_vllm", "vlm", {"base_url": server.base_url + suffix, "timeout_s": 5.0})
+    try:
+        out = vlm.predict(ImageBatch(rgb=[_img(255)], payloads=[encode_jpeg(_img(255))]))
+    finally:
+        vlm.close()
+    assert vlm.url == server.base_url + "/v1/chat/completions"  # type: ignore[attr-defined]
+    assert len(server.requests) == 1 and np.isfinite(out.prob).all() and out.prob[0] > 0.8

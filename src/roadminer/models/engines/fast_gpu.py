@@ -613,18 +613,19 @@ class FastGpuTier(EngineTier):
 
     version = "fast-1"
 
-    def __init__(self, name: str = "fast", device: str | None = None, **options: Any) -> None:
+    def __init__(self, name: str = "fast", device: str | None = None, weights: str | None = None,
+                 arch: str = "efficientnet-lite0", precision: str = "fp16", max_batch: int = 256,
+                 decode: str = "auto", decode_threads: int = 0, cuda_graphs: bool = True, compile: bool = False,
+                 channels_last: bool = True) -> None:
         self.name = name
-        engine_keys = {"precision", "max_batch", "decode", "decode_threads", "cuda_graphs", "compile",
-                       "channels_last"}
-        engine_opts = {k: options.pop(k) for k in list(options) if k in engine_keys}
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.backbone = resolve_backbone(options)
-        self.engine = FastImageEngine(self.backbone, device=dev, **engine_opts)
+        self.backbone = resolve_backbone({"weights": weights, "arch": arch})
+        self.engine = FastImageEngine(self.backbone, device=dev, precision=precision, max_batch=max_batch,
+                                      decode=decode, decode_threads=decode_threads, cuda_graphs=cuda_graphs,
+                                      compile=compile, channels_last=channels_last)
         self.version = f"fast-1:{self.backbone.name}"
 
 
 @register_tier("fast_gpu")
 def _factory(name: str, **options: Any) -> Tier:
-    options.pop("settings", None)
     return FastGpuTier(name=name, **options)

@@ -199,17 +199,16 @@ class OnnxCpuEngine:
 class OnnxCpuTier(EngineTier):
     version = "onnx-1"
 
-    def __init__(self, name: str = "onnx", **options: Any) -> None:
+    def __init__(self, name: str = "onnx", weights: str | None = None, arch: str = "efficientnet-lite0",
+                 int8: bool = False, threads: int = 0, max_batch: int = 64, decode_threads: int = 0,
+                 cache_dir: str | Path | None = None) -> None:
         self.name = name
-        keys = {"int8", "threads", "max_batch", "decode_threads", "cache_dir"}
-        engine_opts = {k: options.pop(k) for k in list(options) if k in keys}
-        self.backbone = resolve_backbone(options)
-        self.engine = OnnxCpuEngine(self.backbone, **engine_opts)
+        self.backbone = resolve_backbone({"weights": weights, "arch": arch})
+        self.engine = OnnxCpuEngine(self.backbone, int8=int8, threads=threads, max_batch=max_batch,
+                                    decode_threads=decode_threads, cache_dir=cache_dir)
         self.version = f"onnx-1:{self.backbone.name}:{'int8' if self.engine.int8 else 'fp32'}"
 
 
 @register_tier("onnx_cpu")
 def _factory(name: str, **options: Any) -> Tier:
-    options.pop("settings", None)
-    options.pop("device", None)
     return OnnxCpuTier(name=name, **options)

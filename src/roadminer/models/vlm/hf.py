@@ -23,15 +23,10 @@ import numpy as np
 from loguru import logger
 from PIL import Image
 
+from roadminer.core.tier_options import DEFAULT_INSTRUCTIONS, DEFAULT_QUESTION
 from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 from roadminer.models.vlm.prefix_kv import PrefixKV, PrefixKVCache, RedisBytes, prefix_key
 
-DEFAULT_INSTRUCTIONS = (
-    "You inspect street-level photos for a road-maintenance survey. Road work means active or set-up "
-    "construction or maintenance on or beside the road: traffic cones, barriers, work-zone signs, "
-    "construction vehicles or workers. Answer with one word: Yes or No."
-)
-DEFAULT_QUESTION = "Is there road work in this image? Answer Yes or No."
 YES_WORDS = ("Yes", "yes", "YES", " Yes", " yes")
 NO_WORDS = ("No", "no", "NO", " No", " no")
 VISION = "<|vision_start|>{image}<|vision_end|>"
@@ -74,7 +69,7 @@ class HFVLMTier(Tier):
                  batch_size: int = 8, prefix_cache: bool = True, redis_url: str | None = None,
                  key_prefix: str = "roadminer:", lru_size: int = 4, kv_ttl_s: float | None = None,
                  attn_implementation: str | None = "sdpa", model_obj: Any = None, processor_obj: Any = None,
-                 kv_backend: Any = None, **_context: Any) -> None:
+                 kv_backend: Any = None) -> None:
         import torch
 
         self.name = name

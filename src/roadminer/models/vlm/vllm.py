@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from roadminer.core.tier_options import DEFAULT_INSTRUCTIONS, DEFAULT_QUESTION
 from roadminer.imaging.decode import encode_jpeg
 from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
-from roadminer.models.vlm.hf import DEFAULT_INSTRUCTIONS, DEFAULT_QUESTION
 
 YES = {"yes"}
 NO = {"no"}
@@ -54,6 +54,15 @@ def p_yes_from_logprobs(entry: dict[str, Any]) -> float:
     return yes / (yes + no)
 
 
+def chat_completions_url(base_url: str) -> str:
+    """The chat endpoint of an OpenAI-compatible server given as ``http://host:8000`` or with the API
+    prefix ``http://host:8000/v1`` (the OpenAI client's convention), trailing slashes or not."""
+    base = base_url.strip().rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    return base + "/v1/chat/completions"
+
+
 def _data_url(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
@@ -66,9 +75,9 @@ class VLLMTier(Tier):
                  model: str = "Qwen/Qwen3-VL-4B-Instruct", api_key: str | None = None, timeout_s: float = 3.0,
                  instructions: str = DEFAULT_INSTRUCTIONS, question: str = DEFAULT_QUESTION,
                  exemplars: list[dict[str, Any]] | None = None, top_logprobs: int = 10,
-                 max_pixels: int | None = None, max_concurrency: int = 64, **_context: Any) -> None:
+                 max_pixels: int | None = None, max_concurrency: int = 64) -> None:
         self.name = name
-        self.url = base_url.rstrip("/") + "/v1/chat/completions"
+        self.url = chat_completions_url(base_url)
         self.model = model
         self.api_key = api_key
         self.timeout_s = timeout_s
