@@ -42,6 +42,7 @@ COMMAND_MODULES = (
     "roadminer.validator.commands",  # simulate, validator
     "roadminer.training.commands",  # train
     "roadminer.training.detector_commands",  # train-detector
+    "roadminer.training.recipe_commands",  # train-recipe, export-data
     "roadminer.cascade.commands",  # eval, cascade-fit, cascade-stack
     "roadminer.lifecycle.commands",  # promote, distill, learn, models
     "roadminer.state.commands",  # queue

@@ -310,11 +310,15 @@ def export_downsized(
     every_nth: dict[str, int] | None = None,
     seed: int = 0,
     transform: Callable[[Image.Image, list[Box]], tuple[Image.Image, list[Box]]] | None = None,
+    fmt: str = "JPEG",
 ) -> dict[str, Any]:
     """Write a smaller copy of a dataset (image-folder layout, manifest and YOLO boxes) for shipping to a
     training machine. By default images are shrunk to ``short_side`` (normalised boxes carry over);
     ``transform`` replaces that (e.g. square crops that move the boxes). ``max_per_source`` keeps a seeded
-    random subset of a source; ``every_nth`` keeps every n-th file (by name) of a source (video frames)."""
+    random subset of a source; ``every_nth`` keeps every n-th file (by name) of a source (video frames).
+    ``fmt`` is ``JPEG`` or ``WEBP`` (WebP files are named ``STEM.webp``: about 20% smaller at equal quality)."""
+    if fmt not in ("JPEG", "WEBP"):
+        raise ValueError(f"export format must be JPEG or WEBP, not {fmt!r}")
     import random
 
     dst = Path(dst)
@@ -334,7 +338,8 @@ def export_downsized(
     total = 0
     for s in keep:
         sub = POSITIVE if s.label else NEGATIVE
-        out = dst / "images" / sub / s.name
+        name = s.name if fmt == "JPEG" else f"{Path(s.name).stem}.webp"
+        out = dst / "images" / sub / name
         out.parent.mkdir(parents=True, exist_ok=True)
         img, boxes = s.read_pil(), list(s.boxes)
         if transform is not None:
@@ -343,7 +348,7 @@ def export_downsized(
             scale = short_side / min(img.size)
             if scale < 1:
                 img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
-        img.save(out, "JPEG", quality=quality)
+        img.save(out, fmt, quality=quality)
         total += out.stat().st_size
         if s.has_boxes:  # written even when a crop removed every box: YOLO then sees a background image
             lab = dst / "labels" / sub / f"{Path(s.name).stem}.txt"
@@ -351,7 +356,7 @@ def export_downsized(
             lab.write_text("".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in boxes))
         rows.append(
             {
-                "file": f"images/{sub}/{s.name}",
+                "file": f"images/{sub}/{name}",
                 "label": sub,
                 "source": s.source,
                 "group": s.group,

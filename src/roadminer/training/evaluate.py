@@ -14,7 +14,7 @@ import numpy as np
 from roadminer.core.scoring import binary_metrics, to_label
 from roadminer.training.data import Sample
 
-DASHCAM_SOURCES = ("pranav", "camvid", "gtsdb")
+DASHCAM_SOURCES = ("pranav", "camvid", "gtsdb", "wzcity")  # vehicle-camera sources
 
 
 def _f(x: float | None) -> float | None:
@@ -117,4 +117,19 @@ def evaluate_router(
     out["per_source"] = loso_report(samples, probs, levels)["per_source"]
     out["errors"] = errors[:20]
     out["probs"] = probs
+    return out
+
+
+def regression_sample(samples: Sequence[Sample], per_cell: int = 6) -> list[Sample]:
+    """A fixed, small sample of real photos for the shipped cascade's regression test: per (source, label)
+    the ``per_cell`` images whose names hash lowest (stable across machines and file order)."""
+    import hashlib
+
+    cells: dict[tuple[str, int], list[Sample]] = {}
+    for s in samples:
+        cells.setdefault((s.source, s.label), []).append(s)
+    out: list[Sample] = []
+    for key in sorted(cells):
+        ranked = sorted(cells[key], key=lambda s: hashlib.sha256(s.name.encode()).hexdigest())
+        out.extend(ranked[:per_cell])
     return out

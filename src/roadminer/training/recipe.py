@@ -1,0 +1,82 @@
+"""Training recipes as files: ``configs/train/*.yaml`` holds everything that makes a shipped classifier (the
+downsized data copy, the view bank, the fit), so that one command re-makes it (``roadminer train-recipe``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipeData(_Strict):
+    """How the training copy of the dataset is made from the full one (``export_downsized``)."""
+
+    short_side: int = 224
+    quality: int = 60
+    format: Literal["JPEG", "WEBP"] = "WEBP"
+    max_per_source: dict[str, int] = Field(default_factory=lambda: {"kagan": 500})
+    every_nth: dict[str, int] = Field(default_factory=lambda: {"camvid": 2})
+    seed: int = 0
+
+
+class RecipeBank(_Strict):
+    """Pre-rendered validator views: ``K_i = clip(round(views_scale * w_i * N), kmin, kmax)`` views of image
+    ``i`` (``w_i`` its sampling weight), each a pure function of (seed, image index, view index)."""
+
+    seed: int = 7
+    views_scale: float = 16.0
+    kmin: int = 6
+    kmax: int = 48
+    level_p: list[float] = Field(default_factory=lambda: [0.2, 0.25, 0.25, 0.3])
+    paste_frac: float = 0.4  # copy-paste views rendered per negative image, as a share of its K
+    real_flip_share: float = 0.25
+
+    @field_validator("level_p")
+    @classmethod
+    def _levels(cls, v: list[float]) -> list[float]:
+        if len(v) != 4 or abs(sum(v) - 1.0) > 1e-6 or min(v) < 0:
+            raise ValueError("level_p needs four non-negative shares (levels 0-3) that sum to 1")
+        return v
+
+
+class RecipeFit(_Strict):
+    arch: str = "efficientnet-lite0"
+    seed: int = 0
+    draws: int = 24000
+    batch: int = 64
+    lr: float = 6e-4
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.05
+    label_smoothing: float = 0.05
+    dropout: float = 0.3
+    source_power: float = 0.5
+    source_mult: dict[str, float] = Field(default_factory=dict)
+    paste_p: float = 0.3  # share of a negative image's draws that are copy-paste positives
+    consistency: float = 0.0  # weight of a flip-consistency loss (0 = off)
+
+
+class TrainRecipe(_Strict):
+    name: str
+    description: str = ""
+    data: RecipeData = Field(default_factory=RecipeData)
+    bank: RecipeBank = Field(default_factory=RecipeBank)
+    fit: RecipeFit = Field(default_factory=RecipeFit)
+    eval_seed: int = 1234
+    workers: int = 0  # 0 = one per CPU core
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainRecipe:
+        path = Path(path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a recipe is a mapping")
+        try:
+            return cls.model_validate(raw)
+        except Exception as e:
+            raise ValueError(f"{path}: {e}") from e

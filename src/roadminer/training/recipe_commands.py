@@ -1,0 +1,75 @@
+"""``roadminer train-recipe`` (one command re-makes a shipped classifier from ``configs/train/*.yaml``) and
+``roadminer export-data`` (the downsized training copy a recipe names). Heavy imports happen inside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _kv(items: list[str] | None, cast: type) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected SOURCE=N")
+        out[key] = cast(val)
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export-data")
+    def export_data(
+        src: Annotated[Path, typer.Argument(help="the full dataset (image folder + manifest)")],
+        dst: Annotated[Path, typer.Argument(help="where the copy goes")],
+        short_side: Annotated[int, typer.Option("--short-side")] = 224,
+        quality: Annotated[int, typer.Option("--quality")] = 60,
+        fmt: Annotated[str, typer.Option("--format", help="JPEG or WEBP")] = "WEBP",
+        max_per_source: Annotated[list[str] | None, typer.Option("--max", help="SOURCE=N seeded subset")] = None,
+        every_nth: Annotated[list[str] | None, typer.Option("--every", help="SOURCE=N every n-th frame")] = None,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+    ) -> None:
+        """Write a smaller copy of a labelled dataset (images, boxes, manifest) for a training machine."""
+        from roadminer.training.data import export_downsized
+
+        info = export_downsized(src, dst, short_side, quality, max_per_source=_kv(max_per_source, int),
+                                every_nth=_kv(every_nth, int), seed=seed, fmt=fmt.upper())
+        typer.echo(json.dumps({"n": info["n"], "mib": round(info["bytes"] / 2**20, 1), "counts": info["counts"]}))
+
+    @app.command("train-recipe")
+    def train_recipe_cmd(
+        recipe: Annotated[Path, typer.Argument(help="configs/train/NAME.yaml")],
+        data: Annotated[Path, typer.Option("--data", help="the full dataset (exported as the recipe says)")],
+        out: Annotated[Path, typer.Option("--out", help="model file to write (.safetensors)")],
+        cv: Annotated[
+            list[str] | None,
+            typer.Option("--cv", help="source | group:SOURCE (repeatable): out-of-fold runs before the final fit"),
+        ] = None,
+        report: Annotated[
+            Path | None, typer.Option("--report", help="prefix of the CV outputs (PREFIX-source.json, ...)")
+        ] = None,
+        prepared: Annotated[
+            bool, typer.Option("--prepared", help="--data already is the recipe's training copy")
+        ] = False,
+        device: Annotated[str, typer.Option("--device")] = "auto",
+        workers: Annotated[int | None, typer.Option("--workers", help="render processes (default: cores)")] = None,
+        max_steps: Annotated[int | None, typer.Option("--max-steps", help="cap fit steps (smoke runs)")] = None,
+        no_final: Annotated[bool, typer.Option("--no-final", help="only the CV runs")] = False,
+    ) -> None:
+        """Re-make a classifier from a recipe file: data copy, seeded view bank, CV folds, final fit, card."""
+        from roadminer.training.recipe import TrainRecipe
+        from roadminer.training.recipe_run import run_recipe
+
+        try:
+            rec = TrainRecipe.from_yaml(recipe)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        summary = run_recipe(
+            rec, data, out, cv=cv or [], report=report, prepared=prepared, device=device,
+            workers=workers if workers is not None else rec.workers, max_steps=max_steps, final=not no_final,
+            recipe_path=recipe,
+        )
+        typer.echo(json.dumps(summary, indent=1))
