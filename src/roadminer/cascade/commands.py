@@ -140,8 +140,15 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--cost", help="NAME=seconds per image (relative cost in the report)")
         ] = None,
         tolerance: Annotated[float, typer.Option("--tolerance", help="MCC the cascade may lose")] = 0.0,
+        threshold: Annotated[
+            str,
+            typer.Option("--threshold", help="mcc: move each stage's bias onto the out-of-fold MCC-best threshold; "
+                         "fit: keep the class-balanced logistic fit's own bias"),
+        ] = "mcc",
     ) -> None:
         """Fit stacking weights + exit thresholds from out-of-fold predictions; report them leave-one-source-out."""
+        if threshold not in ("mcc", "fit"):
+            raise typer.BadParameter(f"--threshold is mcc or fit, not {threshold!r}")
         from roadminer.cascade.stack import level_table, stack_from_oof, summary_table
         from roadminer.core.cli_args import jsonable, parse_sets
         from roadminer.training.data import DatasetError, load_dataset
@@ -156,7 +163,8 @@ def register(app: typer.Typer) -> None:
         tier_cost = [costs.get(n, 0.0) for n, _ in pairs] if costs else None
         try:
             samples = load_dataset(images)
-            params, rep = stack_from_oof(samples, pairs, tolerance=tolerance, tier_cost=tier_cost)
+            params, rep = stack_from_oof(samples, pairs, tolerance=tolerance, tier_cost=tier_cost,
+                                         mcc_threshold=threshold == "mcc")
         except (DatasetError, ValueError, KeyError) as e:
             raise typer.BadParameter(str(e)) from None
         params.save(out)

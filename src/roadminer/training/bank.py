@@ -218,7 +218,7 @@ def fit_bank(
     model, prep = build_model(cfg.arch, pretrained=True, dropout=cfg.dropout)
     model = model.to(device).to(memory_format=torch.channels_last)
     w = torch.as_tensor(row_weights(bank, train, cfg, set(held_sources)), dtype=torch.double)
-    steps = int(math.ceil(cfg.draws / cfg.batch))
+    steps = math.ceil(cfg.draws / cfg.batch)
     if max_steps is not None:
         steps = min(steps, max_steps)
     draws = torch.multinomial(w, steps * cfg.batch, replacement=True,

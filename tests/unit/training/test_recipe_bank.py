@@ -1,0 +1,128 @@
+"""Recipe files and the seeded view bank: same seed, same pixels; folds never train on held-out data; one
+command (``train-recipe``) makes a loadable classifier and its card. Real shared photos (skips without them)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from roadminer.cli import app
+from roadminer.models.classifier import load_classifier
+from roadminer.training.bank import fit_bank, folds_for, predict_eval, render_bank, row_weights
+from roadminer.training.data import load_image_folder
+from roadminer.training.recipe import RecipeBank, RecipeFit, TrainRecipe
+
+REPO = Path(__file__).resolve().parents[3]
+RECIPES = sorted((REPO / "configs" / "train").glob("*.yaml"))
+
+
+def _tiny_copy(shared: Path, dst: Path) -> Path:
+    """A few real photos per source (incl. boxed positives and two wzcity cities), copied to a temp dir."""
+    rows = list(csv.DictReader((shared / "manifest.csv").open()))
+    keep: list[dict[str, str]] = []
+    for source in ("tracon", "camvid", "gtsdb", "kagan", "pranav"):
+        mine = sorted((r for r in rows if r["source"] == source), key=lambda r: (r["has_boxes"] != "1", r["file"]))
+        keep += mine[:3]
+    for city in ("wzcity:denver", "wzcity:houston"):
+        keep += sorted((r for r in rows if r["group"] == city), key=lambda r: r["file"])[:2]
+    for r in keep:
+        (dst / r["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared / r["file"], dst / r["file"])
+        if r["has_boxes"] == "1":
+            stem = Path(r["file"]).stem
+            (dst / "labels" / r["label"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shared / "labels" / r["label"] / f"{stem}.txt", dst / "labels" / r["label"] / f"{stem}.txt")
+    with (dst / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_copy(shared_data, tmp_path_factory.mktemp("tiny"))
+
+
+SMALL = RecipeBank(views_scale=2, kmin=1, kmax=2, paste_frac=0.5)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipes_load_and_name_their_model(path: Path) -> None:
+    rec = TrainRecipe.from_yaml(path)
+    assert (REPO / "src/roadminer/assets/models" / f"{rec.name}.safetensors").is_file()
+    assert abs(sum(rec.bank.level_p) - 1) < 1e-9
+
+
+def test_recipe_refuses_unknown_keys(tmp_path: Path) -> None:
+    raw = yaml.safe_load(RECIPES[0].read_text())
+    raw["fit"]["lerning_rate"] = 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="lerning_rate") as e:
+        TrainRecipe.from_yaml(bad)
+    assert "bad.yaml" in str(e.value)
+
+
+def test_bank_is_a_pure_function_of_its_seed(tiny: Path) -> None:
+    samples = load_image_folder(tiny)
+    cpu = torch.device("cpu")
+    a = render_bank(samples, SMALL, workers=2, device=cpu)
+    b = render_bank(samples, SMALL, workers=1, device=cpu)
+    c = render_bank(samples, SMALL.model_copy(update={"seed": 99}), workers=2, device=cpu)
+    assert torch.equal(a.views, b.views) and np.array_equal(a.meta, b.meta)
+    assert torch.equal(a.eval_views, c.eval_views)  # evaluation views depend on eval_seed only
+    assert not torch.equal(a.views, c.views)
+    assert a.eval_views.shape == (4 * len(samples), 224, 224, 3)
+    assert set(a.roles.tolist()) == {"plain", "paste"}
+    assert a.meta[a.roles == "paste", 1].min() == 1  # copy-paste views are positives made from negatives
+
+
+def test_folds_never_train_on_held_out_images_or_their_cut_outs(tiny: Path) -> None:
+    samples = load_image_folder(tiny)
+    bank = render_bank(samples, SMALL, workers=2, device=torch.device("cpu"))
+    src = np.array([s.source for s in samples])
+    fit = RecipeFit(paste_p=0.3)
+    for name, held in folds_for(samples, "source"):
+        w = row_weights(bank, ~held, fit, {name})
+        assert w[held[bank.meta[:, 0]]].sum() == 0
+        pasted_from_held = np.isin(bank.meta[:, 3], [k for k, s in enumerate(bank.paste_sources) if s == name])
+        assert w[pasted_from_held].sum() == 0
+        assert abs(w.sum() - 1) < 1e-9
+    cities = folds_for(samples, "group:wzcity")
+    assert [c for c, _ in cities] == ["wzcity:denver", "wzcity:houston"]
+    assert all(src[h].tolist() == ["wzcity"] * int(h.sum()) for _, h in cities)
+
+
+def test_fit_and_predict_from_the_bank(tiny: Path) -> None:
+    samples = load_image_folder(tiny)
+    bank = render_bank(samples, SMALL, workers=2, device=torch.device("cpu"))
+    res = fit_bank(bank, np.ones(len(samples), dtype=bool), RecipeFit(batch=4, draws=8), progress=False)
+    assert len(res.loss) == 2 and all(np.isfinite(res.loss))
+    z = predict_eval(bank, res.model, res.prep, np.arange(3))
+    assert z.shape == (4, 3) and np.isfinite(z).all()
+
+
+def test_train_recipe_command_writes_a_loadable_model_and_card(tiny: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load(RECIPES[0].read_text())
+    raw["bank"].update({"views_scale": 2, "kmin": 1, "kmax": 1})
+    raw["fit"].update({"batch": 4, "draws": 4})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "m" / "model.safetensors"
+    r = CliRunner().invoke(app, ["train-recipe", str(recipe), "--data", str(tiny), "--prepared", "--out", str(out),
+                                 "--workers", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    _model, prep, extra = load_classifier(out)
+    assert prep["input_size"] == 224 and extra["recipe"] == raw["name"]
+    card = json.loads(out.with_suffix(".card.json").read_text())
+    assert card["recipe"]["fit"]["draws"] == 4 and card["data"]["n"] == len(load_image_folder(tiny))
+    assert card["recipe_sha256"] == extra["recipe_sha256"]
