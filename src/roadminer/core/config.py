@@ -215,7 +215,7 @@ def _default_tiers() -> list[TierConfig]:
     # answers every image and lets the confident ones leave; the rest also get EfficientNet-Lite2, pooled by
     # the stacking weights of assets/models/cascade_consensus.json (which override weight/exit_confidence).
     return [
-        TierConfig(name="classifier", kind="classifier", exit_confidence=0.865,
+        TierConfig(name="classifier", kind="classifier", exit_confidence=0.6,
                    options={"weights": "roadwork_classifier.safetensors"}),
         TierConfig(name="classifier2", kind="classifier", exit_confidence=None,
                    options={"weights": "roadwork_classifier_lite2.safetensors"}),
@@ -225,8 +225,8 @@ def _default_tiers() -> list[TierConfig]:
 class CascadeConfig(Section):
     tiers: list[TierConfig] = Field(default_factory=_default_tiers)
     # Decision threshold on the calibrated probability (validator rounds: 0.5 -> "no roadwork").
-    # Identity by default: the fitted consensus (stacking) is the calibration. For Lite0 alone use its
-    # out-of-fold calibration from roadwork_classifier.card.json (threshold 0.66, temperature 1.2041, bias 0.1035).
+    # Identity by default: the fitted consensus (stacking) is the calibration. For Lite0 alone, stage 0 of
+    # cascade_consensus.json is its calibration (temperature 1/0.479, bias 0.161; docs/model_card.md).
     threshold: float = 0.5
     temperature: float = 1.0
     bias: float = 0.0
