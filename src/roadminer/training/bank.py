@@ -30,6 +30,7 @@ from roadminer.models.classifier import build_model
 from roadminer.training.copy_paste import ObjectBank
 from roadminer.training.data import Sample, balanced_weights
 from roadminer.training.recipe import RecipeBank, RecipeFit
+from roadminer.training.train import resolve_device, warmup_cosine
 
 ROLES = ("plain", "paste", "eval")
 _G: dict[str, Any] = {}
@@ -144,12 +145,6 @@ def render_bank(
                     torch.from_numpy(eval_views).to(device), paste_sources)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def row_weights(bank: ViewBank, train: np.ndarray, cfg: RecipeFit, held_sources: set[str]) -> np.ndarray:
     """Sampling weight of every bank row for a fit on the images in ``train``: each image's balanced weight
     (``source_power``, ``source_mult``) split between its plain views and, for negatives, ``paste_p`` to
@@ -225,14 +220,7 @@ def fit_bank(
                               generator=torch.Generator().manual_seed(cfg.seed)).view(steps, cfg.batch)
     y_all = torch.as_tensor(bank.meta[:, 1], dtype=torch.float32, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, int(cfg.warmup_frac * steps))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = warmup_cosine(opt, cfg.warmup_frac, steps)
     amp = device.type == "cuda"
     losses: list[float] = []
     model.train()

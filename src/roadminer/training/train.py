@@ -93,6 +93,18 @@ class ViewDataset(Dataset):
         return x, torch.tensor(float(s.label))
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, warmup_frac: float, total_steps: int) -> Any:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0 (the schedule of every fit)."""
+    warm = max(1, int(warmup_frac * total_steps))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -211,14 +223,7 @@ def fit_model(samples: Sequence[Sample], cfg: TrainConfig, progress: bool = True
     loader = _loader(ds, cfg.batch_size, cfg.workers, sampler=sampler)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, int(cfg.warmup_frac * total_steps))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = warmup_cosine(opt, cfg.warmup_frac, total_steps)
     loss_fn = nn.BCEWithLogitsLoss()
     use_amp = cfg.amp and device.type == "cuda"
     history: list[dict[str, float]] = []

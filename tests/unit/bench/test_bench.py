@@ -13,7 +13,7 @@ from PIL import Image
 
 from roadminer.bench.harness import BenchConfig, BenchError, challenge_b64, measure_engine, measure_http, run_bench
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg, to_b64
-from roadminer.imaging.scenes import scene_jpegs
+from roadminer.imaging.scenes import draw_scene, scene_jpegs
 from roadminer.models.base import ImageBatch, build_tier
 from roadminer.models.engines.fast_gpu import FastImageEngine, fold_batchnorm, jpeg_size, resolve_backbone
 
