@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from roadminer.models.classifier import (
     load_classifier,
     save_classifier,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_round_trip_keeps_answers(tmp_path: Path) -> None:
@@ -56,7 +59,9 @@ def test_not_a_classifier_file(tmp_path: Path) -> None:
 def test_shipped_default_model_and_card() -> None:
     card = json.loads((DEFAULT_MODEL.parent / "roadwork_classifier.card.json").read_text())
     assert DEFAULT_MODEL.stat().st_size <= 25 * 2**20
-    assert {"temperature", "bias", "threshold"} <= set(card["calibration"])
+    # the card names the weights it describes and the recipe that makes them
+    assert card["weights_sha256"] == hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert (REPO_ROOT / card["recipe_file"]).is_file() and card["leave_one_source_out"]["pooled"]["n"] > 0
     tier = ClassifierTier(weights=None)
     size = (320, 240)
     imgs = [np.asarray(draw_scene(scene_rng(11, i), bool(i % 2), size).resize((224, 224))) for i in range(4)]
