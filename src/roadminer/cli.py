@@ -46,6 +46,7 @@ COMMAND_MODULES = (
     "roadminer.cascade.commands",  # eval, cascade-fit, cascade-stack
     "roadminer.lifecycle.commands",  # promote, distill, learn, models
     "roadminer.state.commands",  # queue
+    "roadminer.lifecycle.teacher_commands",  # queue teach
     "roadminer.bench.commands",  # bench
     "roadminer.dashboard.commands",  # dashboard
     "roadminer.deploy.commands",  # plan

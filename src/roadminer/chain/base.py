@@ -46,6 +46,7 @@ class ChainSnapshot:
     neurons: list[NeuronInfo] = field(default_factory=list)
     # weights[validator_uid][miner_uid] = normalised weight in [0, 1]
     weights: dict[int, dict[int, float]] = field(default_factory=dict)
+    epoch: int | None = None  # block of the subnet's last epoch (bittensor 11 Metagraph.last_step)
 
     def __post_init__(self) -> None:
         self.by_hotkey = {n.hotkey: n for n in self.neurons}
@@ -100,6 +101,10 @@ class ChainView(ABC):
     @property
     def block(self) -> int:
         return self._snap.block
+
+    def snapshot(self) -> ChainSnapshot:
+        """The current view as one object (reward forensics reads neurons and weights together)."""
+        return self._snap
 
     def get(self, hotkey: str) -> NeuronInfo | None:
         return self._snap.by_hotkey.get(hotkey)

@@ -55,15 +55,17 @@ async def with_retries(
 
 
 def _float(v: Any) -> float:
-    """Balances and plain numbers alike."""
+    """Balances and plain numbers alike. A bittensor 11 ``Balance`` is read in its own unit (``amount``:
+    TAO, or the subnet's alpha for stakes and emission; its ``.tao`` raises on alpha)."""
     if v is None:
         return 0.0
-    for attr in ("tao", "value"):
-        if hasattr(v, attr):
-            try:
-                return float(getattr(v, attr))
-            except (TypeError, ValueError):
-                pass
+    for attr in ("amount", "tao", "value"):
+        try:
+            got = getattr(v, attr, None)
+            if got is not None:
+                return float(got)
+        except (TypeError, ValueError):  # bittensor's UnitMismatchError is a TypeError
+            continue
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -81,8 +83,12 @@ def _split_axon(axon: str | None) -> tuple[str, int]:
         return "", 0
 
 
-def snapshot_from_metagraph(mg: Any, netuid: int) -> ChainSnapshot:
-    """``bittensor.metagraph.Metagraph`` -> ``ChainSnapshot`` (stake = total stake)."""
+def snapshot_from_metagraph(
+    mg: Any, netuid: int, weights: dict[int, dict[int, float]] | None = None
+) -> ChainSnapshot:
+    """``bittensor.metagraph.Metagraph`` -> ``ChainSnapshot`` (stake = total stake). ``weights`` is the
+    ``client.weights.weights(netuid)`` read (rows already normalised): bittensor 11's metagraph carries no
+    weight matrix; a raw runtime record that does (``raw["weights"]``, u16 pairs) is used otherwise."""
     neurons = []
     for n in mg.neurons:
         ip, port = _split_axon(getattr(n, "axon", None))
@@ -103,18 +109,25 @@ def snapshot_from_metagraph(mg: Any, netuid: int) -> ChainSnapshot:
                 dividends=_float(getattr(n, "dividends", 0.0)),
             )
         )
-    weights: dict[int, dict[int, float]] = {}
+    if weights is not None:
+        rows = {int(v): {int(m): float(w) for m, w in row.items()} for v, row in weights.items()}
+        return ChainSnapshot(
+            netuid=netuid, block=int(getattr(mg, "block", 0) or 0), neurons=neurons, weights=rows,
+            epoch=getattr(mg, "last_step", None),
+        )
+    parsed: dict[int, dict[int, float]] = {}
     raw = getattr(mg, "raw", None) or {}
     for row in raw.get("weights", []) if isinstance(raw, dict) else []:
         # runtime layout: [validator_uid, [[miner_uid, u16], ...]]
         try:
             v_uid, pairs = row
             total = sum(int(w) for _, w in pairs) or 1
-            weights[int(v_uid)] = {int(m): int(w) / total for m, w in pairs}
+            parsed[int(v_uid)] = {int(m): int(w) / total for m, w in pairs}
         except (TypeError, ValueError):
             continue
     return ChainSnapshot(
-        netuid=netuid, block=int(getattr(mg, "block", 0) or 0), neurons=neurons, weights=weights
+        netuid=netuid, block=int(getattr(mg, "block", 0) or 0), neurons=neurons, weights=parsed,
+        epoch=getattr(mg, "last_step", None),
     )
 
 
@@ -154,12 +167,14 @@ class Bittensor11ChainView(ChainView):
             try:
                 client = await self._connected()
                 mg = await bt_metagraph.fetch(client, self.netuid, commitments=False)
+                # The weight matrix is a separate read (the metagraph omits it); reward forensics needs it.
+                weights = await client.weights.weights(self.netuid) if mg is not None else None
             except Exception:
                 await self._reset_client()
                 raise
             if mg is None:
                 raise RuntimeError(f"subnet {self.netuid} does not exist on {self.network}")
-            return snapshot_from_metagraph(mg, self.netuid)
+            return snapshot_from_metagraph(mg, self.netuid, weights)
 
         return await with_retries(once, attempts=self.attempts, what=f"metagraph sync ({self.network})")
 

@@ -127,8 +127,17 @@ class LearningConfig(Section):
     held_out: str | None = None  # image folder (roadwork/, no_roadwork/) for the promotion gate
     train_data: list[str] = Field(default_factory=list)  # base training sets the loop fine-tunes on
     work_dir: str = "runs/learn"
-    teacher_tier: str | None = None  # tier name used for pseudo-labels/distillation; None = full cascade
-    pseudo_margin: float = 0.3
+    # Who labels unlabelled hard examples (roadminer.lifecycle.teacher): "cascade" = every served tier on
+    # every image (no early exit) plus teacher_tiers; a tier name = that served tier alone; None = nobody.
+    teacher_tier: str | None = "cascade"
+    # Tiers only the teacher runs (e.g. the YOLO detector, a VLM); pooled with the cascade by log-odds.
+    teacher_tiers: list[TierConfig] = Field(default_factory=list)
+    teacher_agreement: bool = True  # a teacher label also needs every teacher voter on the same side
+    pseudo_margin: float = 0.3  # teacher labels only where |p - 0.5| >= this
+    # Training weight of a label by who gave it (the sampler draws an image this much more/less often).
+    provenance_weights: dict[str, float] = Field(
+        default_factory=lambda: {"human": 1.0, "simulator": 1.0, "teacher": 0.5}
+    )
     mcc_tolerance: float = 0.0  # candidate MCC may not drop by more than this
     brier_tolerance: float = 0.0  # nor Brier rise by more than this
     min_queue: int = 20  # labelled hard examples needed before the loop trains
@@ -304,6 +313,9 @@ class DashboardConfig(Section):
     miner_url: str | None = None
     window_s: float = 24 * 3600.0
     refresh_s: float = 30.0
+    # The labelling page answers loopback clients only, unless this token is set: then every client
+    # (loopback too) must send it (?token= once, then a cookie; or the X-Roadminer-Token header).
+    label_token: str | None = None
 
 
 class LoggingConfig(Section):
@@ -349,6 +361,7 @@ class Settings(BaseSettings):
 
 
 ServerConfig.model_rebuild()
+LearningConfig.model_rebuild()
 
 
 def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ sub-application at ``/dashboard/`` with :func:`mount_dashboard`, sharing the min
 
 Routes (relative to the mount point): ``/`` page, ``/api/snapshot?window=6h`` everything as JSON,
 ``/api/series?name=reward&validator=HOTKEY&window=24h`` one series, ``/api/queue`` queue statistics,
-``/api/health``, ``/static/...``; standalone also ``/metrics`` (Prometheus).
+``/api/health``, ``/static/...``, the labelling page ``/label/`` and its API (``roadminer.dashboard.labelling``);
+standalone also ``/metrics`` (Prometheus).
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
     charts.append(
         ("Model versions and promotions", timeline_chart("models", "Model versions", events, t_range), False)
     )
+    if "forensics" in snap:
+        from roadminer.dashboard.forensics_panel import forensics_panels
+
+        charts += forensics_panels(snap["forensics"], t_range)
 
     latest = rw["latest"]
     cl = snap["chain"]["latest"]
@@ -187,7 +192,8 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
 <main><div class="cards">{card_html}</div><div class="grid">{panels}
 <section class="panel"><h2>Tier exits in window</h2><table class="small" id="tier-totals">
 <tr><th>tier</th><th>answers</th><th>share</th></tr>{tier_rows}</table></section></div></main>
-<footer>JSON: <a href="api/snapshot?window={window_label}">api/snapshot</a> ·
+<footer><a href="label/">label the hard-example queue</a> ·
+JSON: <a href="api/snapshot?window={window_label}">api/snapshot</a> ·
 <a href="api/queue">api/queue</a></footer></body></html>"""
 
 
@@ -308,6 +314,9 @@ def build_dashboard_app(
     app.router.add_get("/api/queue", _queue)
     app.router.add_get("/api/health", _health)
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
+    from roadminer.dashboard.labelling import add_labelling
+
+    add_labelling(app, settings)  # label/ and api/label/...: loopback only unless dashboard.label_token
     if standalone:
         app.router.add_get("/metrics", _metrics)
     return app

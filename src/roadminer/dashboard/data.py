@@ -170,15 +170,18 @@ class DashboardData:
             return {"up": False, "error": type(e).__name__}
 
     async def snapshot(self, window_s: float = 86400.0, now: float | None = None) -> dict[str, Any]:
+        from roadminer.dashboard.forensics_panel import forensics_data
+
         now = time.time() if now is None else float(now)
         since = now - float(window_s)
-        reward, chain, reqs, queue, events, miner = await asyncio.gather(
+        reward, chain, reqs, queue, events, miner, forensics = await asyncio.gather(
             self.reward(since, now),
             self.chain(since, now),
             self.requests(since, now),
             self.queue(since, now),
             model_events(self.state.store, since),
             self.miner_health(),
+            forensics_data(self.state.store, since, now),
         )
         current = next((e for e in reversed(events) if e.get("event") in ("loaded", "promoted")), None)
         return {
@@ -191,6 +194,7 @@ class DashboardData:
             "queue": queue,
             "models": {"events": events, "current": current},
             "miner": miner,
+            "forensics": forensics,
         }
 
 

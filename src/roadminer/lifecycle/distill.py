@@ -24,13 +24,15 @@ Teacher = Callable[[list[bytes]], np.ndarray]  # encoded images -> P(roadwork)
 
 
 def build_teacher(settings: Any, registry: ModelRegistry | None = None, tier: str | None = None) -> Teacher:
-    """Full served cascade (``tier`` None) or the single tier of that name, as a function of JPEG bytes."""
+    """Full served cascade (``tier`` None or ``"cascade"``: every tier on every image, no early exit) or the
+    single tier of that name, as a function of JPEG bytes."""
     from roadminer.imaging.decode import ImagePolicy, decode_rgb
     from roadminer.lifecycle.registry import build_router
     from roadminer.models.base import ImageBatch, build_tier
 
     policy = ImagePolicy.from_config(settings.images)
-    if tier is None:
+    full = tier is None or tier == "cascade"
+    if full:
         model: Any = build_router(settings, registry, warmup=False)
     else:
         cascade = registry.apply(settings.cascade) if registry is not None else settings.cascade
@@ -50,7 +52,8 @@ def build_teacher(settings: Any, registry: ModelRegistry | None = None, tier: st
                 payloads=list(chunk),
                 keys=[hashlib.sha256(b).hexdigest() for b in chunk],
             )
-            out[i : i + len(chunk)] = np.asarray(model.predict(batch).prob, dtype=np.float64)
+            res = model.predict(batch, early_exit=False) if full else model.predict(batch)
+            out[i : i + len(chunk)] = np.asarray(res.prob, dtype=np.float64)
         return out
 
     return teach

@@ -1,12 +1,19 @@
 """The unattended learning loop: mine -> train -> promote (the miner hot-reloads what is promoted).
 
 One iteration:
-1. **mine**: read the hard-example queue through its consumer group and export it to an image folder
-   (labelled examples by class; unlabelled ones pseudo-labelled by the teacher when one is configured).
-   Entries are acknowledged once on disk, so a crash re-delivers them.
-2. **train**: fine-tune the loop's tier (``learning.tier``) on the base data (``learning.train_data``)
-   plus every export so far, starting from the served version; register the result as a candidate.
-3. **promote**: the gate of :mod:`roadminer.lifecycle.promote` on the held-out set.
+1. **teach**: the teacher (``learning.teacher_tier``, default the full cascade; see
+   :mod:`roadminer.lifecycle.teacher`) labels the queued images nobody labelled, where it is confident.
+2. **export**: every labelled image in the queue (human, simulator and teacher labels, each with its
+   provenance and training weight ``learning.provenance_weights``; skipped ones left out) is synced into
+   ``work_dir/labelled`` (``roadwork/``, ``no_roadwork/``, ``manifest.csv``). The folder keeps images
+   after the queue has expired them; a relabelled image moves class. The queue itself is not consumed:
+   a label given later still reaches the next iteration.
+3. **train**: when labels newer than the last training exist (and at least ``learning.min_queue`` in
+   all), fine-tune the loop's tier (``learning.tier``, default the first: the shipped EfficientNet-Lite0
+   classifier) on the base data (``learning.train_data``) plus that folder, starting from the served
+   version; register the result as a candidate.
+4. **promote**: the gate of :mod:`roadminer.lifecycle.promote` on the labelled held-out folder. A running
+   miner follows the registry and hot-reloads what is promoted.
 
 ``export_for_training`` is the queue side of ``roadminer train --from-queue``.
 """
@@ -14,6 +21,7 @@ One iteration:
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,30 +67,53 @@ async def export_for_training(
     consume: bool = True,
     teacher: bool = True,
     registry: ModelRegistry | None = None,
+    labelled_only: bool = False,
 ) -> Any:
-    """Export the queue into ``out_dir`` (roadwork/ no_roadwork/ unlabeled/ manifest.csv) for training,
-    with teacher pseudo-labels for unlabelled images when ``learning.teacher_tier`` is set."""
+    """Export the queue into ``out_dir`` (roadwork/ no_roadwork/ [unlabeled/] manifest.csv) for training,
+    after the teacher labelled what it is sure of (``learning.teacher_tier``; None: no teacher).
+    ``pseudo_labelled`` in the report counts this run's teacher labels."""
     from roadminer.state.layer import StateLayer
 
     owned = state is None
     layer = state or StateLayer.from_config(settings.state)
     try:
-        teach = None
+        taught = None
         if teacher and settings.learning.teacher_tier:
-            from roadminer.lifecycle.distill import build_teacher
+            from roadminer.lifecycle.teacher import teach_queue
 
-            fn = build_teacher(settings, registry, settings.learning.teacher_tier)
-            teach = lambda payloads: fn(payloads).tolist()  # noqa: E731
-        return await layer.queue.export(
+            taught = await teach_queue(settings, layer.queue, registry)
+        rep = await layer.queue.export(
             out_dir,
             consume=consume,
             consumer="learner",
-            teacher=teach,
-            pseudo_margin=settings.learning.pseudo_margin,
+            labelled_only=labelled_only,
+            weights=dict(settings.learning.provenance_weights),
         )
+        if taught is not None:
+            rep.pseudo_labelled = taught.total
+        return rep
     finally:
         if owned:
             await layer.close()
+
+
+def _label_times(folder: Path) -> list[float]:
+    """``labelled_at`` of every exported image still in a class folder."""
+    path = folder / "manifest.csv"
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if (folder / row.get("file", "")).is_file() and row.get("file", "").split("/")[0] in (
+                "roadwork",
+                "no_roadwork",
+            ):
+                try:
+                    out.append(float(row.get("labelled_at") or 0.0))
+                except ValueError:
+                    out.append(0.0)
+    return out
 
 
 def _count_labelled(folder: Path) -> int:
@@ -130,11 +161,13 @@ def train_candidate(
             notes="colour cue refit on base data + hard examples",
         )
     if kind == "classifier":
+        from roadminer.models.classifier import resolve_weights
         from roadminer.training.train import train
 
         init = registry.resolved_options(parent_card).get("weights") if parent_card else None
         if init is None:
             init = next((t.options.get("weights") for t in settings.cascade.tiers if t.name == tier), None)
+        init = str(resolve_weights(init))  # the shipped file by its name, as the tier finds it
         card = train(
             base, out_dir, settings.train, extra_dirs=extra_dirs, init_checkpoint=init, progress=False
         )
@@ -183,19 +216,27 @@ class LearningLoop:
         self.work = Path(settings.learning.work_dir)
         self.iteration = 0
 
+    def _loop_state(self) -> dict[str, Any]:
+        path = self.work / "loop_state.json"
+        try:
+            return dict(json.loads(path.read_text())) if path.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+
     async def run_once(self) -> LoopReport:
         t0 = time.time()
         self.iteration += 1
         rep = LoopReport(iteration=self.iteration, started=t0)
         tier, kind = loop_tier(self.settings)
-        mined = self.work / "mined" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        labelled = self.work / "labelled"
         exported = await export_for_training(
-            self.settings, mined, self.state, consume=True, registry=self.registry
+            self.settings, labelled, self.state, consume=False, registry=self.registry, labelled_only=True
         )
         rep.exported = exported.to_json()
-        all_mined = sorted(p for p in (self.work / "mined").iterdir() if p.is_dir() and _count_labelled(p))
-        rep.labelled_available = sum(_count_labelled(p) for p in all_mined)
-        fresh = exported.written["roadwork"] + exported.written["no_roadwork"]
+        times = _label_times(labelled)
+        rep.labelled_available = _count_labelled(labelled)
+        trained_through = float(self._loop_state().get("trained_through", 0.0))
+        fresh = sum(t > trained_through for t in times)
         if fresh == 0 or rep.labelled_available < self.settings.learning.min_queue:
             rep.skipped = (
                 f"{fresh} new labelled hard examples ({rep.labelled_available} in all); "
@@ -203,11 +244,15 @@ class LearningLoop:
             )
             logger.info("learning loop {}: {}", self.iteration, rep.skipped)
             return self._finish(rep, t0)
-        run_dir = self.work / "candidates" / mined.name
+        run_dir = self.work / "candidates" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         card = await asyncio.to_thread(
-            train_candidate, self.settings, self.registry, tier, kind, all_mined, run_dir
+            train_candidate, self.settings, self.registry, tier, kind, [labelled], run_dir
         )
         rep.candidate = card.version
+        rep.notes.append(f"trained on {rep.labelled_available} labelled hard examples ({fresh} new)")
+        (self.work / "loop_state.json").write_text(
+            json.dumps({"trained_through": max(times, default=0.0), "candidate": card.version}) + "\n"
+        )
         result: PromotionResult = await asyncio.to_thread(promote, self.settings, self.registry, card.version)
         rep.promotion = result.to_json()
         logger.info(

@@ -69,8 +69,7 @@ def _atomic_write(path: Path, text: str) -> None:
 class ModelRegistry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.versions_dir = self.root / "versions"
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.versions_dir = self.root / "versions"  # created by the first register()
 
     # -- versions -----------------------------------------------------------------------------------
     def path_of(self, version: str) -> Path:
@@ -99,6 +98,7 @@ class ModelRegistry:
             n += 1
             version = f"{base}-{n}"
         dest = self.path_of(version)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.versions_dir / f".{version}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -137,6 +137,8 @@ class ModelRegistry:
 
     def list(self, tier: str | None = None) -> list[ModelCard]:
         cards = []
+        if not self.versions_dir.is_dir():
+            return cards
         for d in sorted(self.versions_dir.iterdir()):
             if d.is_dir() and not d.name.startswith(".") and (d / CARD).is_file():
                 card = ModelCard.from_json(json.loads((d / CARD).read_text()))
@@ -218,6 +220,7 @@ class ModelRegistry:
         )
 
     def log(self, event: Mapping[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / LOG).open("a") as f:
             f.write(json.dumps({"t": time.time(), **event}) + "\n")
 

@@ -113,15 +113,16 @@ class ModelWatcher:
 async def attach_hot_reload(
     settings: Any, batcher: Any, on_swap: Callable[[str, int], Awaitable[None]] | None = None
 ) -> ModelWatcher | None:
-    """Start following the registry (``learning.models_dir``) when it serves any version: swap to the
-    served versions now (before the first request) and on every later promotion. None without a registry.
-    ``on_swap(version, generation)`` is awaited after every swap, the first included."""
+    """Follow the registry (``learning.models_dir``): when it serves a version, swap to it now (before the
+    first request); then swap on every later promotion, the first one on a fresh node included (the
+    folder need not exist yet). ``on_swap(version, generation)`` is awaited after every swap."""
     root = settings.learning.models_dir
-    if not (Path(root) / "current.json").is_file():
-        return None
     watcher = ModelWatcher.for_settings(settings, batcher)
     watcher.on_swap = on_swap
-    watcher.generation = -2  # force the first check to load what the registry serves
-    await watcher.check()
+    if (Path(root) / "current.json").is_file():
+        watcher.generation = -2  # force the first check to load what the registry serves
+        await watcher.check()
+    else:
+        watcher.generation = 0  # nothing promoted yet: the configured model serves until a promotion
     watcher.start()
     return watcher

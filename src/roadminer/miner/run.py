@@ -141,6 +141,11 @@ async def start_miner(
         recorder = ChainMetricsRecorder(chain, state, signers[0][1].ss58_address, settings.chain.metrics_interval_s)
         recorder.start()
         owned.append(recorder.stop)
+        from roadminer.chain.forensics import ForensicsRecorder  # per-epoch ratings and alerts
+
+        forensics = ForensicsRecorder(chain, state.store, signers[0][1].ss58_address, settings.chain.metrics_interval_s)
+        forensics.start()
+        owned.append(forensics.stop)
         host = settings.server.host
         urls, ports = [], []
         for i, (port, signer) in enumerate(signers):

@@ -190,6 +190,14 @@ def to_tensor(images: list[np.ndarray] | list[Image.Image], prep: dict[str, Any]
     return (x - mean) / std
 
 
+def resolve_weights(weights: str | Path | None) -> Path:
+    """A classifier file as a tier option names it: a path, or a shipped file's name (assets/models)."""
+    path = Path(weights) if weights else DEFAULT_MODEL
+    if not path.is_absolute() and not path.exists() and (ASSETS_DIR / "models" / path).exists():
+        path = ASSETS_DIR / "models" / path
+    return path
+
+
 class ClassifierTier(Tier):
     """Runs a saved classifier on the batch; returns sigmoid(logit) (calibration is the cascade's)."""
 
@@ -203,9 +211,7 @@ class ClassifierTier(Tier):
         tta_flip: bool = False,
     ) -> None:
         self.name = name
-        path = Path(weights) if weights else DEFAULT_MODEL
-        if not path.is_absolute() and not path.exists() and (ASSETS_DIR / "models" / path).exists():
-            path = ASSETS_DIR / "models" / path
+        path = resolve_weights(weights)
         if threads:
             torch.set_num_threads(int(threads))
         self.device = device

@@ -76,16 +76,30 @@ def export(
     ] = False,
     consumer: Annotated[str, typer.Option(help="consumer name when --consume")] = "export",
     limit: Annotated[int | None, typer.Option(help="at most this many entries")] = None,
+    labelled: Annotated[
+        bool,
+        typer.Option(
+            "--labelled", help="only labelled images: roadwork/ no_roadwork/ + manifest.csv with provenance"
+        ),
+    ] = False,
 ) -> None:
-    """Write the queued images into class folders with a manifest.csv (the training data layout)."""
+    """Write the queued images into class folders with a manifest.csv (the training data layout; its
+    provenance column says who labelled each image: human, teacher or simulator)."""
     settings = _settings(config, redis_url)
+    weights = dict(settings.learning.provenance_weights)
     rep = asyncio.run(
         _with_layer(
-            settings, lambda layer: layer.queue.export(out, consume=consume, consumer=consumer, limit=limit)
+            settings,
+            lambda layer: layer.queue.export(
+                out, consume=consume, consumer=consumer, limit=limit, labelled_only=labelled, weights=weights
+            ),
         )
     )
     typer.echo(json.dumps(rep.to_json(), indent=2))
 
 
 def register(app: typer.Typer) -> None:
+    from roadminer.state.label_commands import add_label_commands
+
+    add_label_commands(queue_app)
     app.add_typer(queue_app, name="queue")

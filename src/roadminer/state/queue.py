@@ -21,6 +21,7 @@ from typing import Any
 from loguru import logger
 
 from roadminer.core.metrics import QUEUE_DEPTH
+from roadminer.state.labels import Label, LabelStore, Provenance, label_value, provenance_weight
 from roadminer.state.store import StateStore
 
 STREAM = "hardq:stream"
@@ -40,7 +41,12 @@ MANIFEST_FIELDS = (
     "label_origin",
     "soft_label",
     "entry_id",
+    "provenance",
+    "labelled_by",
+    "labelled_at",
+    "weight",
 )
+DEFAULT_PROVENANCE_WEIGHTS = {"human": 1.0, "simulator": 1.0, "teacher": 0.5}
 
 
 class Reason(StrEnum):
@@ -118,6 +124,8 @@ class ExportReport:
     skipped_missing_image: int
     pseudo_labelled: int
     manifest: str
+    by_provenance: dict[str, int] = field(default_factory=dict)
+    skipped_by_human: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +162,7 @@ class HardExampleQueue:
         self.image_ttl_s = image_ttl_s
         self.stream = stream
         self.group = group
+        self.labels = LabelStore(store)
         self._ready = False
 
     async def _ensure_group(self) -> None:
@@ -208,15 +217,35 @@ class HardExampleQueue:
         QUEUE_DEPTH.set(await self.store.stream_len(self.stream))
         return entry_id
 
-    async def set_label(self, image_hash: str, label: int) -> None:
-        """Attach a label learnt later (e.g. a validator published its scored challenges)."""
-        if int(label) not in (0, 1):
+    async def set_label(
+        self, image_hash: str, label: int, provenance: str = Provenance.SIMULATOR, who: str = ""
+    ) -> None:
+        """Attach a label learnt later (the simulator's challenge label, a validator's published results)
+        to the durable label log (``roadminer.state.labels``)."""
+        try:
+            value = int(label)
+            ok = value in (0, 1) and float(label) == value
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise ValueError(f"label must be 0 or 1, got {label!r}")
-        await self.store.set_bytes(f"hardq:label:{image_hash}", str(int(label)).encode(), self.image_ttl_s)
+        await self.labels.set(image_hash, value, provenance, who)
+
+    async def label_record(self, ex: HardExample) -> Label | None:
+        """The label that counts for ``ex`` (human > simulator > teacher), None when unlabelled."""
+        lab = await self.labels.get(ex.image_hash)
+        if lab is not None:
+            return lab
+        raw = await self.store.get_bytes(f"hardq:label:{ex.image_hash}")  # written by earlier versions
+        legacy = int(raw) if raw is not None else ex.label
+        if legacy not in (0, 1):
+            return None
+        return Label(ex.image_hash, label_value(int(legacy)), Provenance.SIMULATOR, ex.validator, ex.ts)
 
     async def label_of(self, ex: HardExample) -> int | None:
-        raw = await self.store.get_bytes(f"hardq:label:{ex.image_hash}")
-        return int(raw) if raw is not None else ex.label
+        """1 / 0 when the example has a training label; None when unlabelled or skipped by a human."""
+        lab = await self.label_record(ex)
+        return None if lab is None else lab.target
 
     async def image(self, image_hash: str) -> bytes | None:
         return await self.store.get_bytes(f"img:{image_hash}")
@@ -260,10 +289,12 @@ class HardExampleQueue:
         await self._ensure_group()
         entries = await self.entries()
         labels: Counter[str] = Counter()
+        provenances: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         for ex in entries:
-            lab = await self.label_of(ex)
-            labels["unlabeled" if lab is None else ("roadwork" if lab == 1 else "no_roadwork")] += 1
+            rec = await self.label_record(ex)
+            labels["unlabeled" if rec is None else rec.value] += 1
+            provenances["none" if rec is None else rec.provenance] += 1
             reasons.update(ex.reasons)
         return {
             "entries": len(entries),
@@ -271,6 +302,7 @@ class HardExampleQueue:
             "undelivered": await self.store.stream_lag(self.stream, self.group),
             "by_reason": dict(sorted(reasons.items())),
             "by_label": dict(sorted(labels.items())),
+            "by_provenance": dict(sorted(provenances.items())),
             "enqueued_by_reason": {
                 str(r): int(await self.store.get_bytes(f"hardq:reason:{r}") or 0) for r in Reason
             },
@@ -286,13 +318,22 @@ class HardExampleQueue:
         limit: int | None = None,
         teacher: Teacher | None = None,
         pseudo_margin: float = 0.3,
+        labelled_only: bool = False,
+        weights: Mapping[str, float] | None = None,
     ) -> ExportReport:
         """Write ``roadwork/``, ``no_roadwork/``, ``unlabeled/`` and ``manifest.csv`` (the layout
-        ``roadminer.training.data.load_image_folder`` reads). With ``consume`` the entries are read through
-        the consumer group and acknowledged once written; otherwise the queue is left untouched.
-        Unlabelled images get a teacher pseudo-label when ``teacher`` is given and confident enough."""
+        ``roadminer.training.data.load_image_folder`` reads; ``provenance`` and ``weight`` columns say who
+        labelled each image and how much it counts in training, see ``weights``). With ``consume`` the
+        entries are read through the consumer group and acknowledged once written; otherwise the queue is
+        left untouched. Unlabelled images get a teacher pseudo-label when ``teacher`` is given and
+        confident enough (recorded in the label log with provenance ``teacher``). ``labelled_only`` writes
+        no ``unlabeled/`` folder. Images a human skipped are never written. Exporting again into the same
+        folder re-syncs it: an image whose label changed moves to its new class folder, and a skipped
+        one leaves the export."""
         out = Path(out_dir)
-        for d in ("roadwork", "no_roadwork", "unlabeled"):
+        weights = dict(DEFAULT_PROVENANCE_WEIGHTS if weights is None else weights)
+        folders = ("roadwork", "no_roadwork") if labelled_only else ("roadwork", "no_roadwork", "unlabeled")
+        for d in folders:
             (out / d).mkdir(parents=True, exist_ok=True)
         if consume:
             batch = await self.claim(consumer, count=limit or self.max_entries)
@@ -301,40 +342,59 @@ class HardExampleQueue:
         rows: list[dict[str, Any]] = []
         missing = 0
         unlabelled: list[tuple[HardExample, bytes]] = []
-        labelled: list[tuple[HardExample, bytes, int, str, float | None]] = []
+        labelled: list[tuple[HardExample, bytes, Label]] = []
         done_ids: list[str] = []
+        skipped = 0
+        retired: set[str] = set()
         for ex in batch:
             data = await self.image(ex.image_hash)
             if data is None:  # image expired or was never stored: nothing to learn from
                 missing += 1
                 done_ids.append(ex.entry_id)
                 continue
-            lab = await self.label_of(ex)
-            if lab is None:
+            rec = await self.label_record(ex)
+            if rec is None:
                 unlabelled.append((ex, data))
+            elif rec.target is None:  # a human said this image should not train
+                skipped += 1
+                retired.add(ex.image_hash)
+                _retire(out, ex.image_hash)
+                done_ids.append(ex.entry_id)
             else:
-                labelled.append((ex, data, lab, "known", None))
+                labelled.append((ex, data, rec))
         pseudo = 0
         if teacher is not None and unlabelled:
             probs = list(teacher([d for _, d in unlabelled]))
             still: list[tuple[HardExample, bytes]] = []
             for (ex, data), p in zip(unlabelled, probs, strict=True):
                 if abs(float(p) - 0.5) >= pseudo_margin:
-                    labelled.append((ex, data, int(float(p) > 0.5), "teacher", float(p)))
-                    pseudo += 1
+                    change = await self.labels.set(
+                        ex.image_hash, int(float(p) > 0.5), Provenance.TEACHER, "export-teacher", float(p)
+                    )
+                    if change.label is not None and change.label.target is not None:
+                        labelled.append((ex, data, change.label))
+                        pseudo += 1
                 else:
                     still.append((ex, data))
             unlabelled = still
         written: Counter[str] = Counter()
-        items = [(ex, d, lab, origin, soft) for ex, d, lab, origin, soft in labelled]
-        items += [(ex, d, None, "", None) for ex, d in unlabelled]
-        for ex, data, lab, origin, soft in items:
+        by_prov: Counter[str] = Counter()
+        items: list[tuple[HardExample, bytes, Label | None]] = [(ex, d, rec) for ex, d, rec in labelled]
+        if not labelled_only:
+            items += [(ex, d, None) for ex, d in unlabelled]
+        for ex, data, rec in items:
+            lab = None if rec is None else rec.target
             folder = "unlabeled" if lab is None else ("roadwork" if lab == 1 else "no_roadwork")
             rel = f"{folder}/{ex.image_hash}{_ext(data)}"
             path = out / rel
+            _retire(out, ex.image_hash, keep=rel)
             if not path.exists():
                 path.write_bytes(data)
             written[folder] += 1
+            if rec is not None:
+                by_prov[rec.provenance] += 1
+            origin = "" if rec is None else ("teacher" if rec.provenance == Provenance.TEACHER else "known")
+            soft = None if rec is None else rec.prob
             rows.append(
                 {
                     "file": rel,
@@ -350,19 +410,25 @@ class HardExampleQueue:
                     "label_origin": origin,
                     "soft_label": "" if soft is None else round(soft, 6),
                     "entry_id": ex.entry_id,
+                    "provenance": "" if rec is None else rec.provenance,
+                    "labelled_by": "" if rec is None else rec.who,
+                    "labelled_at": "" if rec is None else round(rec.t, 3),
+                    "weight": "" if rec is None else provenance_weight(rec, weights),
                 }
             )
             done_ids.append(ex.entry_id)
         manifest = out / MANIFEST
-        _merge_manifest(manifest, rows)
+        _merge_manifest(manifest, rows, retired)
         acked = await self.ack(*done_ids) if consume and done_ids else 0
         report = ExportReport(
             str(out),
-            {k: written.get(k, 0) for k in ("roadwork", "no_roadwork", "unlabeled")},
+            {k: written.get(k, 0) for k in folders},
             acked,
             missing,
             pseudo,
             str(manifest),
+            dict(sorted(by_prov.items())),
+            skipped,
         )
         logger.info(
             "exported hard examples to {}: {} (acked {}, pseudo-labelled {})",
@@ -374,12 +440,26 @@ class HardExampleQueue:
         return report
 
 
-def _merge_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append to an existing manifest (one row per file; a later row for the same file wins)."""
+def _retire(out: Path, image_hash: str, keep: str | None = None) -> None:
+    """Remove earlier exports of an image from the class folders (all but ``keep``, a relative path)."""
+    for folder in ("roadwork", "no_roadwork", "unlabeled"):
+        d = out / folder
+        if d.is_dir():
+            for p in d.glob(f"{image_hash}.*"):
+                if f"{folder}/{p.name}" != keep:
+                    p.unlink(missing_ok=True)
+
+
+def _merge_manifest(path: Path, rows: list[dict[str, Any]], retired: set[str] | None = None) -> None:
+    """Append to an existing manifest (one row per image: a later row for the same file or image hash
+    wins; rows of ``retired`` image hashes are dropped)."""
     existing: dict[str, dict[str, Any]] = {}
+    drop = set(retired or ()) | {str(r["image_hash"]) for r in rows if r.get("image_hash")}
     if path.is_file():
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
+                if row.get("image_hash") and row["image_hash"] in drop:
+                    continue
                 existing[row["file"]] = row
     for row in rows:
         existing[row["file"]] = row

@@ -157,12 +157,29 @@ def load_image_folder(root: str | Path) -> list[Sample]:
                     group=group,
                     boxes=boxes,
                     has_boxes=bool(boxes),
-                    meta={"name": p.name},
+                    meta=_row_meta(p.name, row),
                 )
             )
     if not samples:
         raise DatasetError(f"no images found under {img_root}")
     return samples
+
+
+def _row_meta(name: str, row: dict[str, str]) -> dict[str, Any]:
+    """Per-image extras from a manifest row: who labelled it and its training weight (hard-example
+    exports write ``provenance`` and ``weight``; ``balanced_weights`` multiplies the weight in)."""
+    meta: dict[str, Any] = {"name": name}
+    if row.get("provenance"):
+        meta["provenance"] = row["provenance"]
+    if row.get("weight") not in (None, ""):
+        try:
+            w = float(row["weight"])
+        except ValueError as e:
+            raise DatasetError(f"manifest weight of {name} is not a number: {row['weight']!r}") from e
+        if not w >= 0 or w == float("inf"):
+            raise DatasetError(f"manifest weight of {name} must be finite and >= 0, got {w}")
+        meta["weight"] = w
+    return meta
 
 
 def _image_bytes(value: Any) -> bytes:
@@ -286,7 +303,8 @@ def holdout_split(samples: Sequence[Sample], frac: float = 0.15, seed: int = 0) 
 
 def balanced_weights(samples: Sequence[Sample], source_power: float = 0.5) -> np.ndarray:
     """Sampling weights: both labels equal in total; within a label, sources get ``count**source_power``
-    shares (0.5 = between "each source equal" and "each row equal"), so one big source cannot dominate."""
+    shares (0.5 = between "each source equal" and "each row equal"), so one big source cannot dominate.
+    A sample's ``meta["weight"]`` (from its manifest row) scales its share."""
     cells = Counter((s.label, s.source) for s in samples)
     w = np.zeros(len(samples))
     for label in (0, 1):
@@ -298,6 +316,10 @@ def balanced_weights(samples: Sequence[Sample], source_power: float = 0.5) -> np
         for i, s in enumerate(samples):
             if s.label == label:
                 w[i] = 0.5 * shares[s.source] / total / srcs[s.source]
+    # Per-image weights (label provenance: a teacher label counts less than a human one).
+    w *= np.array([float(s.meta.get("weight", 1.0)) for s in samples])
+    if not w.sum() > 0:
+        raise DatasetError("every training image has weight 0")
     return w / w.sum()
 
 

@@ -57,7 +57,7 @@ def test_train_from_queue_adds_hard_examples(redis_url: str, tmp_path: Path, tea
         "learning: {teacher_tier: colour, pseudo_margin: 0.0}\n"
         "cascade: {tiers: [{name: colour, kind: colour}], consensus_file: null}\n"
         if teacher
-        else ""
+        else "learning: {teacher_tier: null}\n"  # no teacher: only the queue's own labels
     )
     config.write_text(
         f"state: {{backend: redis, redis_url: '{redis_url}', key_prefix: '{cfg.key_prefix}'}}\n{learning}"
