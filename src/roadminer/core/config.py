@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -75,12 +75,28 @@ class GuardConfig(Section):
     # When the number of in-flight requests passes this share of max_inflight, low-stake callers get 503.
     priority_threshold: float = 0.75
     nonce_allowed_delta_s: float = 4.0
+    # SN72 nonce window of a first-seen endpoint: nonce_allowed_delta_s + the caller's timeout header,
+    # which is unsigned and therefore clamped to this (validators send 9-12 s).
+    sn72_max_timeout_s: float = Field(default=12.0, ge=0.0)
+    # How long an SN72 endpoint's last nonce is kept; must cover the window above (checked here and at start).
+    nonce_endpoint_ttl_s: float = 3600.0
     # Always served (still signature-checked) / always refused, whatever the chain says.
     whitelist_hotkeys: list[str] = Field(default_factory=list)
     blacklist_hotkeys: list[str] = Field(default_factory=list)
     # btauth/1 freshness window (bittensor.http_auth defaults).
     btauth_max_age_s: float = 10.0
     btauth_allowed_skew_s: float = 2.0
+
+    @model_validator(mode="after")
+    def _nonce_retention_covers_the_window(self) -> GuardConfig:
+        window = self.nonce_allowed_delta_s + self.sn72_max_timeout_s
+        if self.nonce_endpoint_ttl_s < window:
+            raise ValueError(
+                f"guards.nonce_endpoint_ttl_s ({self.nonce_endpoint_ttl_s:g} s) must be at least the SN72 nonce "
+                f"window nonce_allowed_delta_s + sn72_max_timeout_s ({window:g} s): a shorter one lets a "
+                "captured request be replayed after its endpoint entry expires"
+            )
+        return self
 
 
 class ImageLimits(Section):

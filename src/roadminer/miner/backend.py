@@ -55,6 +55,15 @@ def btauth_nonce_ttl(settings: Settings) -> float:
     return max(60.0, g.btauth_max_age_s + g.btauth_allowed_skew_s + 1.0)
 
 
+def check_nonce_retention(nonces: NonceStore, settings: Settings) -> None:
+    """Refuse to serve with a nonce store that forgets nonces inside either protocol's replay window."""
+    g = settings.guards
+    nonces.check_retention(
+        sn72_window_s=g.nonce_allowed_delta_s + g.sn72_max_timeout_s,
+        btauth_window_s=g.btauth_max_age_s + g.btauth_allowed_skew_s,
+    )
+
+
 @dataclass
 class Prediction:
     prob: float
@@ -102,12 +111,13 @@ class MinerBackend:
 
             fallback = ColourCueTier(name="colour-fallback")
         if nonces is None:
-            ttl = btauth_nonce_ttl(settings)
+            ttls = {"btauth_ttl_s": btauth_nonce_ttl(settings), "endpoint_ttl_s": settings.guards.nonce_endpoint_ttl_s}
             nonces = (
-                NonceStore(state.store, btauth_ttl_s=ttl)
+                NonceStore(state.store, **ttls)
                 if state is not None
-                else NonceStore.from_config(settings.state, btauth_ttl_s=ttl)
+                else NonceStore.from_config(settings.state, **ttls)
             )
+        check_nonce_retention(nonces, settings)
         return cls(
             settings=settings,
             batcher=batcher,

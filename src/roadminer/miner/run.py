@@ -133,7 +133,11 @@ async def start_miner(
             await chain.start()
             owned.append(chain.stop)
         if nonces is None:  # the state layer's store keeps the nonces (shared across workers on Redis)
-            nonces = NonceStore(state.store, btauth_ttl_s=btauth_nonce_ttl(settings))
+            nonces = NonceStore(
+                state.store,
+                btauth_ttl_s=btauth_nonce_ttl(settings),
+                endpoint_ttl_s=settings.guards.nonce_endpoint_ttl_s,
+            )
         backend = MinerBackend.build(settings, batcher, chain, nonces=nonces, state=state)
         owned.append(backend.close)
         info = backend.model_info()

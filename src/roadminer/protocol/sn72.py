@@ -32,12 +32,11 @@ SYNAPSE_NAME = "ImageSynapse"
 ROUTE = f"/{SYNAPSE_NAME}"
 DEFAULT_TIMEOUT_S = 9.0
 EMPTY_BODY_HASH = hashlib.sha3_256(b"").hexdigest()
-# Dendrites at or above 7.2.0 use the freshness-window nonce rule.
-V_7_2_0 = 7_002_000
 ALLOWED_DELTA_S = 4.0
-# The (unsigned) timeout header widens a first-seen endpoint's nonce window; capped well below the
-# nonce store's endpoint TTL so a captured request cannot be replayed once its endpoint entry expires.
-MAX_WINDOW_S = 600.0
+# The ``timeout`` header widens a first-seen endpoint's nonce window (``4 s + timeout``) but is not signed:
+# whoever replays a captured request may set it. It is clamped to [0, MAX_TIMEOUT_S] for the window.
+# Validators ask with 9 s (SN72) to 12 s (the bittensor Dendrite default), so 12 s loses no honest caller.
+MAX_TIMEOUT_S = 12.0
 # bittensor encodes versions as major*1e6 + minor*1e3 + patch; a client built here claims 9.12.2.
 REFERENCE_VERSION = "9.12.2"
 
@@ -213,16 +212,35 @@ class NonceVerdict:
 
 
 class EndpointNonceStore(Protocol):
-    """Per-endpoint (``hotkey:uuid``) last-nonce store; ``advance`` checks and records atomically."""
+    """Per-endpoint (``hotkey:uuid``) last-nonce store; ``advance`` checks and records atomically.
+    ``endpoint_ttl_s``: how long an endpoint's last nonce is kept after it was written."""
+
+    endpoint_ttl_s: float
 
     async def advance(self, endpoint_key: str, nonce_ns: int, first_min_ns: int | None) -> str: ...
 
 
-def nonce_window_floor(now_ns: int, timeout_s: float | None, allowed_delta_s: float = ALLOWED_DELTA_S) -> int:
+def effective_timeout(timeout_s: float | None, max_timeout_s: float = MAX_TIMEOUT_S) -> float:
+    """The caller's (unsigned) timeout as the nonce window uses it: clamped to ``[0, max_timeout_s]``."""
+    t = timeout_s if timeout_s is not None and math.isfinite(timeout_s) else 0.0
+    return min(max(t, 0.0), max_timeout_s)
+
+
+def nonce_window_s(
+    timeout_s: float | None, allowed_delta_s: float = ALLOWED_DELTA_S, max_timeout_s: float = MAX_TIMEOUT_S
+) -> float:
+    """How old a first-seen endpoint's nonce may be: ``allowed_delta_s + timeout`` (timeout clamped)."""
+    return allowed_delta_s + effective_timeout(timeout_s, max_timeout_s)
+
+
+def nonce_window_floor(
+    now_ns: int,
+    timeout_s: float | None,
+    allowed_delta_s: float = ALLOWED_DELTA_S,
+    max_timeout_s: float = MAX_TIMEOUT_S,
+) -> int:
     """Nonces of a first-seen endpoint must be strictly greater than this (bittensor's rule)."""
-    # A caller-chosen timeout may be huge: clamp it (finite integer, bounded replay window).
-    timeout = min(max(timeout_s or 0.0, -MAX_WINDOW_S), MAX_WINDOW_S)
-    return int(now_ns - allowed_delta_s * 1e9 - timeout * 1e9)
+    return int(now_ns - nonce_window_s(timeout_s, allowed_delta_s, max_timeout_s) * 1e9)
 
 
 async def check_request(
@@ -232,11 +250,20 @@ async def check_request(
     *,
     now_ns: int | None = None,
     allowed_delta_s: float = ALLOWED_DELTA_S,
+    max_timeout_s: float = MAX_TIMEOUT_S,
 ) -> None:
     """Signature and nonce checks of a bittensor axon. Raises ``SynapseError(401, ...)`` on failure.
 
     Order: shape, receiver, signature, then the nonce store (written only for valid signatures, so
     forged traffic cannot advance a validator's nonce).
+
+    Only what the signature covers may decide how strict the nonce rules are. bittensor's axon skips the
+    freshness window when the ``bt_header_dendrite_version`` header says < 7.2.0; that header is not
+    signed, so a captured request replayed with ``7.1.0`` would pass once its endpoint entry expired. Here
+    every request gets the window (``now - (allowed_delta_s + timeout)``, the timeout clamped to
+    ``max_timeout_s``) and strict increase per endpoint, whatever version it claims. A nonce further in
+    the future than the store keeps endpoints (minus the window) is refused too: its entry would expire
+    while the nonce still looked fresh, and the request could be replayed then.
     """
     d = synapse.dendrite
     if d is None or not d.hotkey:
@@ -260,11 +287,19 @@ async def check_request(
     if not verify_signature(message, d.signature, d.hotkey):
         raise SynapseError(401, "Not Verified with error: Signature mismatch")
     now = time.time_ns() if now_ns is None else now_ns
-    floor = nonce_window_floor(now, synapse.timeout, allowed_delta_s) if (d.version or 0) >= V_7_2_0 else None
+    window = nonce_window_s(synapse.timeout, allowed_delta_s, max_timeout_s)
+    ahead_s = (int(d.nonce) - now) / 1e9
+    max_ahead_s = nonce_store.endpoint_ttl_s - window
+    if ahead_s > max_ahead_s:
+        raise SynapseError(
+            401,
+            f"Not Verified with error: Nonce is {ahead_s:.2f} seconds in the future "
+            f"(at most {max_ahead_s:.2f} accepted)",
+        )
+    floor = nonce_window_floor(now, synapse.timeout, allowed_delta_s, max_timeout_s)
     verdict = await nonce_store.advance(f"{d.hotkey}:{d.uuid}", int(d.nonce), floor)
     if verdict == NonceVerdict.STALE:
         age = (now - int(d.nonce)) / 1e9
-        window = allowed_delta_s + (synapse.timeout or 0.0)
         raise SynapseError(
             401,
             f"Not Verified with error: Nonce is too old: acceptable delta is {window:.2f} "

@@ -20,17 +20,43 @@ SN72_PREFIX = "nonce:sn72:"
 BTAUTH_PREFIX = "nonce:btauth:"
 
 
+class RetentionError(ValueError):
+    """The nonce store would forget nonces while a replay of them could still pass the freshness window."""
+
+
 class NonceStore:
-    """Nonce bookkeeping over a ``StateStore`` (memory or Redis, with the store's own fallback)."""
+    """Nonce bookkeeping over a ``StateStore`` (memory or Redis, with the store's own fallback).
+
+    ``endpoint_ttl_s``: how long an SN72 endpoint's last nonce is kept after it was accepted;
+    ``btauth_ttl_s``: how long a btauth/1 ``(hotkey, nonce)`` pair is kept. Each must cover its protocol's
+    freshness window (``check_retention``), else a request replayed after its entry expired but inside
+    the window would be accepted again.
+    """
 
     def __init__(self, store: StateStore, endpoint_ttl_s: float = 3600.0, btauth_ttl_s: float = 60.0) -> None:
-        # An endpoint entry may expire once its nonces would fail the freshness window anyway; an hour
-        # is far beyond any window and bounds memory for Dendrites that come and go.
+        # An hour is far beyond the SN72 window (4 s + at most 12 s) and bounds memory for Dendrites that
+        # come and go.
         self.store = store
         self.endpoint_ttl_s = endpoint_ttl_s
         self.btauth_ttl_s = btauth_ttl_s
         # bittensor.http_auth checks that a store with ``retention`` covers its window.
         self.retention = btauth_ttl_s
+
+    def check_retention(self, sn72_window_s: float, btauth_window_s: float) -> None:
+        """Raise ``RetentionError`` unless each TTL is at least its protocol's longest freshness window."""
+        problems = []
+        if self.endpoint_ttl_s < sn72_window_s:
+            problems.append(
+                f"SN72 endpoint nonces are kept {self.endpoint_ttl_s:g} s but the freshness window is "
+                f"{sn72_window_s:g} s (guards.nonce_allowed_delta_s + guards.sn72_max_timeout_s)"
+            )
+        if self.btauth_ttl_s < btauth_window_s:
+            problems.append(
+                f"btauth/1 nonces are kept {self.btauth_ttl_s:g} s but the freshness window is "
+                f"{btauth_window_s:g} s (guards.btauth_max_age_s + guards.btauth_allowed_skew_s)"
+            )
+        if problems:
+            raise RetentionError("nonce retention shorter than the replay window: " + "; ".join(problems))
 
     @classmethod
     def memory(cls, **kwargs: Any) -> NonceStore:
@@ -46,8 +72,8 @@ class NonceStore:
         return cls(build_store(cfg), **kwargs)
 
     async def advance(self, endpoint_key: str, nonce_ns: int, first_min_ns: int | None) -> str:
-        """SN72 rule. ``first_min_ns``: a first-seen endpoint needs ``nonce > first_min_ns`` (None: no
-        freshness rule, as for pre-7.2 Dendrites). Records the nonce when accepted."""
+        """SN72 rule. ``first_min_ns``: a first-seen endpoint needs ``nonce > first_min_ns`` (the miner
+        always passes one; None skips the freshness rule). Records the nonce when accepted."""
         key = SN72_PREFIX + endpoint_key
         if first_min_ns is not None and nonce_ns <= first_min_ns and not await self.store.exists(key):
             return NonceVerdict.STALE

@@ -111,15 +111,69 @@ async def test_nonce_rules() -> None:
     await _check(other, store, now_ns=now)
 
 
-async def test_pre_7_2_dendrites_skip_the_window() -> None:
+async def test_no_claimed_version_skips_the_window() -> None:
+    """The version header is not signed, so a pre-7.2 claim must not switch the freshness rule off."""
     store = NonceStore.memory()
     now = time.time_ns()
-    _, h, _ = sn72.build_request(
-        VALIDATOR, MINER.ss58_address, "127.0.0.1", 1, "x", nonce=now - 3600 * S, version=7_001_000
-    )
-    await _check(h, store, now_ns=now)
-    with pytest.raises(sn72.SynapseError):
+    for version in (7_001_000, 0, 1):
+        _, h, _ = sn72.build_request(
+            VALIDATOR, MINER.ss58_address, "127.0.0.1", 1, "x", uuid=f"v{version}", nonce=now - 3600 * S,
+            version=version,
+        )
+        with pytest.raises(sn72.SynapseError, match="too old: acceptable delta") as e:
+            await _check(h, store, now_ns=now)
+        assert e.value.status == 401
+    _, h, _ = sn72.build_request(VALIDATOR, MINER.ss58_address, "127.0.0.1", 1, "x", nonce=now, version=7_001_000)
+    await _check(h, store, now_ns=now)  # a fresh nonce is served whatever version is claimed
+    with pytest.raises(sn72.SynapseError, match="newer one"):
         await _check(h, store, now_ns=now)
+
+
+async def test_timeout_header_widens_the_window_only_up_to_the_cap() -> None:
+    store = NonceStore.memory()
+    now = time.time_ns()
+
+    def h(age_s: float, timeout: str, uuid: str) -> dict[str, str]:
+        headers = sn72.build_request(
+            VALIDATOR, MINER.ss58_address, "127.0.0.1", 1, "x", uuid=uuid, nonce=now - int(age_s * S)
+        )[1]
+        headers[sn72.HEADER_TIMEOUT] = timeout  # unsigned: anyone replaying the request may set it
+        return headers
+
+    assert sn72.nonce_window_s(1e9) == sn72.ALLOWED_DELTA_S + sn72.MAX_TIMEOUT_S == 16.0
+    assert sn72.nonce_window_s(-50.0) == sn72.ALLOWED_DELTA_S
+    await _check(h(15.0, "12.0", "a"), store, now_ns=now)  # the Dendrite default 12 s still fits
+    await _check(h(15.0, "1e9", "b"), store, now_ns=now)  # a huge timeout is not a narrower window
+    for age, timeout in ((17.0, "1e9"), (17.0, "12.0"), (14.0, "9.0"), (5.0, "-100")):
+        with pytest.raises(sn72.SynapseError, match="too old") as e:
+            await _check(h(age, timeout, f"c{age}{timeout}"), store, now_ns=now)
+        assert e.value.status == 401, (age, timeout)
+    # a wider cap, configured on purpose, is honoured
+    wide = h(17.0, "20", "d")
+    await sn72.check_request(sn72.parse_headers(wide), MINER.ss58_address, store, now_ns=now, max_timeout_s=20.0)
+
+
+async def test_nonce_beyond_the_store_retention_in_the_future_is_refused() -> None:
+    """A nonce ahead of the clock by more than the endpoint TTL (minus the window) would still look fresh
+    after its endpoint entry expired, so it could be replayed then: refused up front."""
+    store = NonceStore.memory(endpoint_ttl_s=120.0)
+    now = time.time_ns()
+    ok = sn72.build_request(VALIDATOR, MINER.ss58_address, "127.0.0.1", 1, "x", uuid="f1", nonce=now + 60 * S)
+    await _check(ok[1], store, now_ns=now)
+    far = sn72.build_request(VALIDATOR, MINER.ss58_address, "127.0.0.1", 1, "x", uuid="f2", nonce=now + 110 * S)
+    with pytest.raises(sn72.SynapseError, match="in the future") as e:
+        await _check(far[1], store, now_ns=now)
+    assert e.value.status == 401
+
+
+async def test_nonce_retention_must_cover_the_window() -> None:
+    from roadminer.state.nonce import RetentionError
+
+    NonceStore.memory(endpoint_ttl_s=16.0, btauth_ttl_s=12.0).check_retention(16.0, 12.0)
+    with pytest.raises(RetentionError, match=r"SN72 endpoint nonces are kept 10 s .* window is 16 s"):
+        NonceStore.memory(endpoint_ttl_s=10.0).check_retention(16.0, 12.0)
+    with pytest.raises(RetentionError, match=r"btauth/1 nonces are kept 5 s"):
+        NonceStore.memory(btauth_ttl_s=5.0).check_retention(16.0, 12.0)
 
 
 async def test_forged_or_misaddressed_requests_are_401_and_do_not_advance_nonces() -> None:

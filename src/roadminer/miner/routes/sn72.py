@@ -57,6 +57,7 @@ class Sn72Route(ProtocolRoute):
                 self.hotkey,
                 self.b.nonces,
                 allowed_delta_s=self.b.settings.guards.nonce_allowed_delta_s,
+                max_timeout_s=self.b.settings.guards.sn72_max_timeout_s,
             )
         except sn72.SynapseError as e:
             raise RequestRefused(e.status, "auth", e.message) from None
