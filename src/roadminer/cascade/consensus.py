@@ -132,7 +132,9 @@ class ConsensusParams:
 
     @classmethod
     def load(cls, path: str | Path) -> ConsensusParams:
-        return cls.from_json(json.loads(Path(path).read_text()))
+        from roadminer.models import shipped
+
+        return cls.from_json(json.loads(shipped.read_verified(path)))  # a shipped file must match its pin
 
 
 def fit_stacking(tier_probs: np.ndarray, labels: np.ndarray, tiers: list[str], c: float = 1.0,

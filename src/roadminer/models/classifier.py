@@ -107,7 +107,7 @@ def build_model(
         ident = arch.split(":", 1)[1]
         if pretrained:
             body = AutoModelForImageClassification.from_pretrained(
-                ident, num_labels=1, ignore_mismatched_sizes=True
+                ident, num_labels=1, ignore_mismatched_sizes=True, use_safetensors=True  # never .bin pickles
             )
         else:
             body = AutoModelForImageClassification.from_config(
@@ -150,14 +150,15 @@ def load_classifier(
     path: str | Path, device: str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Rebuild a saved classifier: ``(model in eval mode, prep, extra metadata)``. No network, no pickle."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_tensors
+
+    from roadminer.models import shipped
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier weights not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    data = shipped.read_verified(path)  # a shipped file must match its pinned sha256
+    meta = shipped.safetensors_metadata(data)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a roadminer classifier (format {meta.get('format')!r})")
     arch = meta["arch"]
@@ -165,7 +166,7 @@ def load_classifier(
     extra = json.loads(meta.get("extra", "{}"))
     extra["arch"] = arch
     model, _ = build_model(arch, pretrained=False)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(data).items()}
     model.load_state_dict(state)
     return model.to(device).eval(), prep, extra
 

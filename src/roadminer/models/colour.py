@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from roadminer.core.config import ASSETS_DIR
+from roadminer.models import shipped
 from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 
 FEATURE_NAMES = ("orange", "red", "red_white", "yellow", "orange_blobs")
@@ -63,7 +64,7 @@ class ColourCueTier(Tier):
         self.name = name
         path = Path(coefs_path) if coefs_path else DEFAULT_COEFS
         if path.is_file():
-            spec = json.loads(path.read_text())
+            spec = json.loads(shipped.read_verified(path))  # a shipped file must match its pinned sha256
             self.coef = np.asarray(spec["coef"], dtype=np.float64)
             self.intercept = float(spec["intercept"])
             self.mean = np.asarray(spec.get("mean", np.zeros(len(FEATURE_NAMES))), dtype=np.float64)

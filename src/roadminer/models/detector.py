@@ -1,16 +1,18 @@
 """Object-detector tier (kind ``yolo``): an ultralytics YOLO model finds cones, barriers and work signs, and
 a small logistic head turns the detections into P(roadwork).
 
-Weights are ultralytics ``.pt`` checkpoints, which are pickles: this tier loads only a file the operator
-configured (absolute, or relative to the working directory) or one the project ships in ``assets/models/``,
-and only after its SHA-256 matches the one recorded in the model card beside it (``NAME.card.json``) or
-given as the ``sha256`` option. Nothing is fetched from the network.
+A detector is one safetensors file (never an ultralytics ``.pt``, which is a pickle): the state-dict tensors
+plus metadata (``format`` = ``roadminer-yolo-2``)::
 
-The card (JSON) holds::
+    yaml        the ultralytics model yaml as JSON (the architecture is rebuilt from it, offline)
+    names       class names in index order, JSON      nc     number of classes
+    imgsz       inference size                        task   "detect"
+    head        the logistic head, JSON {"features": [...], "coef": [...], "intercept": ...}
+    count_conf  confidence from which boxes count     version
 
-    {"format": "roadminer-yolo-1", "weights": "NAME.pt", "sha256": "...", "imgsz": 256,
-     "classes": ["cone", "barrier", "sign", "other"],
-     "head": {"features": [...], "coef": [...], "intercept": -3.0}, "metrics": {...}}
+The tier rebuilds the model from the yaml and loads the tensors with strict key and shape checks. A shipped
+file (``assets/models``) must match its pin in ``roadminer.models.shipped``; an operator's file can be pinned
+with the ``sha256`` option. ``NAME.card.json`` beside the weights documents data and metrics; it is not read.
 
 Features per image (``detection_features``): the highest confidence of each class (0 when none), the
 highest confidence overall, and ``log1p`` of the number of boxes at confidence >= ``count_conf``.
@@ -22,15 +24,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from roadminer.models import shipped
 from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 
-FORMAT = "roadminer-yolo-1"
+FORMAT = "roadminer-yolo-2"
 CLASS_NAMES = ("cone", "barrier", "sign", "other")
 ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_COUNT_CONF = 0.25
@@ -144,51 +148,178 @@ def fit_head(feats: np.ndarray, labels: np.ndarray, c: float = 1.0) -> dict[str,
 def resolve_weights(weights: str | Path | None) -> Path:
     """An absolute path as configured, or a file name shipped in ``assets/models/``."""
     if weights is None:
-        raise ValueError("the yolo tier needs `weights`: an absolute .pt path or a shipped model name")
+        raise ValueError("the yolo tier needs `weights`: an absolute .safetensors path or a shipped model name")
     p = Path(weights).expanduser()
+    if p.suffix in (".pt", ".pth"):
+        raise ValueError(
+            f"detector weights {weights!r}: ultralytics .pt checkpoints are pickles and are not loaded; "
+            "convert one you trust with scripts/convert_yolo_pt.py (or train with `roadminer train-detector`)"
+        )
     if p.is_absolute():
         if not p.is_file():
             raise FileNotFoundError(f"detector weights not found: {p}")
         return p
-    shipped = ASSETS_MODELS / p
-    if shipped.is_file():
-        return shipped
+    in_assets = ASSETS_MODELS / p
+    if in_assets.is_file():
+        return in_assets
     if p.is_file():  # relative to the working directory (an operator's local file)
         return p.resolve()
     raise FileNotFoundError(f"detector weights {weights!r}: not an absolute path and not shipped in {ASSETS_MODELS}")
 
 
-def load_card(weights: Path) -> dict[str, Any]:
-    cp = card_path_for(weights)
-    if not cp.is_file():
-        return {}
-    card = json.loads(cp.read_text())
-    if card.get("format") not in (None, FORMAT):
-        raise ValueError(f"{cp} is not a roadminer detector card (format {card.get('format')!r})")
-    return card
+def _half(v: Any) -> Any:
+    v = v.detach().cpu().contiguous()
+    return v.half() if v.is_floating_point() else v
 
 
-def verify_weights(weights: Path, expected: str | None) -> str:
-    """Refuse to unpickle a checkpoint whose SHA-256 is unknown or differs."""
-    if not expected:
+def save_yolo(
+    model: Any,
+    path: str | Path,
+    *,
+    imgsz: int,
+    head: dict[str, Any] | None = None,
+    count_conf: float = DEFAULT_COUNT_CONF,
+    version: str | None = None,
+) -> Path:
+    """Write an ultralytics ``DetectionModel`` (or a ``YOLO`` wrapping one) as a roadminer-yolo safetensors:
+    fp16 tensors (as ultralytics saves its checkpoints) and the metadata in the module docstring."""
+    from safetensors.torch import save_file
+
+    import_yolo()  # ultralytics imported the safe way (no process-wide PIL patch)
+    from ultralytics.engine.model import Model
+
+    if isinstance(model, Model):
+        model = model.model
+    if hasattr(model, "is_fused") and model.is_fused():
+        raise ValueError("cannot save a fused detector (conv+bn folded): its keys no longer match its yaml")
+    cfg = dict(model.yaml)
+    names = model.names
+    ordered = [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+    nc = int(cfg.get("nc", len(ordered)))
+    if nc != len(ordered):
+        raise ValueError(f"model has nc={nc} but {len(ordered)} class names")
+    head = head or default_head(nc)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import ultralytics
+
+        ul_version = str(ultralytics.__version__)
+    except ImportError:
+        ul_version = ""
+    meta = {
+        "format": FORMAT,
+        "task": "detect",
+        "yaml": json.dumps(cfg),
+        "names": json.dumps(ordered),
+        "nc": str(nc),
+        "imgsz": str(int(imgsz)),
+        "head": json.dumps(head),
+        "count_conf": repr(float(count_conf)),
+        "version": version or path.stem,
+        "ultralytics": ul_version,
+    }
+    save_file({k: _half(v) for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    return path
+
+
+def set_yolo_head(path: str | Path, head: dict[str, Any], count_conf: float | None = None) -> Path:
+    """Rewrite a roadminer-yolo file's head (and ``count_conf``) in place; tensors and the rest unchanged."""
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    data = path.read_bytes()
+    meta = shipped.safetensors_metadata(data)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a roadminer detector (format {meta.get('format')!r})")
+    meta["head"] = json.dumps(head)
+    if count_conf is not None:
+        meta["count_conf"] = repr(float(count_conf))
+    save_file(load_tensors(data), str(path), metadata=meta)
+    return path
+
+
+def read_yolo_file(path: Path, sha256: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state dict, metadata)`` of a roadminer-yolo safetensors: shipped files are checked against their
+    pin, ``sha256`` (an operator's pin) against the bytes read; ValueError on anything malformed."""
+    from safetensors.torch import load as load_tensors
+
+    data = shipped.read_verified(path)
+    if sha256:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256.lower():
+            raise ValueError(f"refusing to load {path}: sha256 {actual} does not match the configured {sha256}")
+    raw = shipped.safetensors_metadata(data)
+    if raw.get("format") != FORMAT:
         raise ValueError(
-            f"refusing to load {weights}: no sha256 recorded (write it in {card_path_for(weights).name} "
-            "or pass the `sha256` option)"
+            f"{path} is not a roadminer detector (safetensors format {raw.get('format')!r}, want {FORMAT})"
         )
-    actual = sha256_file(weights)
-    if actual.lower() != expected.lower():
-        raise ValueError(f"refusing to load {weights}: sha256 {actual} does not match the recorded {expected}")
-    return actual
+    try:
+        meta: dict[str, Any] = {
+            "yaml": json.loads(raw["yaml"]),
+            "names": [str(n) for n in json.loads(raw["names"])],
+            "nc": int(raw["nc"]),
+            "imgsz": int(raw["imgsz"]),
+            "head": json.loads(raw["head"]) if raw.get("head") else None,
+            "count_conf": float(raw.get("count_conf", DEFAULT_COUNT_CONF)),
+            "version": raw.get("version") or path.stem,
+            "task": raw.get("task", "detect"),
+        }
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: bad detector metadata ({type(e).__name__}: {e})") from None
+    if not isinstance(meta["yaml"], dict) or meta["task"] != "detect" or meta["nc"] != len(meta["names"]):
+        raise ValueError(f"{path}: detector metadata is inconsistent (yaml, task or nc vs names)")
+    return load_tensors(data), meta
 
 
-def load_yolo(weights: Path, sha256: str | None = None) -> Any:
-    """The ultralytics model from a verified checkpoint (or a ``.yaml`` architecture, which is no pickle)."""
+def _yaml_file_name(cfg: dict[str, Any]) -> str:
+    # ultralytics takes the model scale (n/s/m/l/x) from the yaml's file name, so keep the original name.
+    name = Path(str(cfg.get("yaml_file") or "model.yaml")).name
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}\.ya?ml", name):
+        name = "model.yaml"
+    return name
+
+
+def build_yolo(cfg: dict[str, Any], names: list[str], state: dict[str, Any]) -> Any:
+    """An ultralytics ``YOLO`` built from ``cfg`` (offline, no download) with ``state`` loaded strictly."""
+    import torch
+    import yaml
+
     YOLO = import_yolo()
+    body = {k: v for k, v in cfg.items() if k not in ("yaml_file", "scale")}
+    with tempfile.TemporaryDirectory(prefix="roadminer-yolo-") as tmp:
+        yaml_path = Path(tmp) / _yaml_file_name(cfg)
+        yaml_path.write_text(yaml.safe_dump(body, sort_keys=False))
+        yolo = YOLO(str(yaml_path), task="detect")
+    model = yolo.model
+    built_scale, want_scale = model.yaml.get("scale", ""), cfg.get("scale", "")
+    if want_scale and built_scale != want_scale:
+        raise ValueError(f"detector yaml scale {want_scale!r} rebuilt as {built_scale!r}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            "detector weights do not fit the architecture in their metadata: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)}), "
+            f"wrong shape {wrong[:5]}{'...' if len(wrong) > 5 else ''} ({len(wrong)})"
+        )
+    with torch.no_grad():
+        model.load_state_dict(
+            {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True
+        )
+    model.names = dict(enumerate(names))
+    model.eval()
+    return yolo
 
-    if weights.suffix in (".yaml", ".yml"):
-        return YOLO(str(weights))
-    verify_weights(weights, sha256)
-    return YOLO(str(weights.resolve()), task="detect")
+
+def load_yolo(weights: Path, sha256: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(ultralytics YOLO, metadata)`` from a roadminer-yolo safetensors file."""
+    state, meta = read_yolo_file(weights, sha256)
+    return build_yolo(meta["yaml"], meta["names"], state), meta
 
 
 class YoloTier(Tier):
@@ -210,24 +341,20 @@ class YoloTier(Tier):
     ) -> None:
         self.name = name
         self.path = resolve_weights(weights)
-        self.card = load_card(self.path)
-        self.model = load_yolo(self.path, sha256 or self.card.get("sha256"))
-        names = getattr(self.model, "names", None) or {}
-        self.classes = [str(names[i]) for i in sorted(names)] if names else list(CLASS_NAMES)
+        self.model, self.meta = load_yolo(self.path, sha256)
+        self.classes = list(self.meta["names"])
         self.n_classes = len(self.classes)
-        self.head = head or self.card.get("head") or default_head(self.n_classes)
+        self.head = head or self.meta["head"] or default_head(self.n_classes)
         if len(self.head["coef"]) != self.n_classes + 2:
             raise ValueError(f"head has {len(self.head['coef'])} coefficients; model has {self.n_classes} classes")
-        self.imgsz = int(imgsz or self.card.get("imgsz") or 224)
+        self.imgsz = int(imgsz or self.meta["imgsz"])
         self.conf = float(conf)
         self.iou = float(iou)
         self.max_det = int(max_det)
         self.device = device
         self.batch_size = int(batch_size)
-        self.count_conf = float(
-            count_conf if count_conf is not None else self.card.get("count_conf", DEFAULT_COUNT_CONF)
-        )
-        self.version = str(self.card.get("version") or self.path.stem)
+        self.count_conf = float(count_conf if count_conf is not None else self.meta["count_conf"])
+        self.version = str(self.meta["version"])
 
     def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(cls, conf, xyxyn)`` per image. Images are RGB; ultralytics reads numpy arrays as BGR."""

@@ -13,10 +13,8 @@ def register(app: typer.Typer) -> None:
     @app.command("train-detector")
     def train_detector_cmd(
         data: Annotated[Path, typer.Option("--data", help="image folder with labels/ (YOLO boxes) and manifest.csv")],
-        out: Annotated[Path, typer.Option("--out", help="output stem: writes OUT.pt and OUT.card.json")],
-        model: Annotated[
-            str, typer.Option(help="ultralytics architecture yaml (random init) or a local .pt")
-        ] = "yolo11n.yaml",
+        out: Annotated[Path, typer.Option("--out", help="output stem: writes OUT.safetensors and OUT.card.json")],
+        model: Annotated[str, typer.Option(help="ultralytics architecture yaml (random init)")] = "yolo11n.yaml",
         epochs: Annotated[int, typer.Option(help="training epochs")] = 30,
         time_min: Annotated[float | None, typer.Option("--time-min", help="stop after this many minutes")] = None,
         imgsz: Annotated[int, typer.Option(help="square training/inference size (multiple of 32)")] = 256,
@@ -36,6 +34,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         if imgsz % 32:
             typer.echo("error: --imgsz must be a multiple of 32", err=True)
+            raise typer.Exit(2)
+        if not model.endswith((".yaml", ".yml")):
+            typer.echo("error: --model must be an ultralytics architecture yaml (no .pt: those are pickles)", err=True)
             raise typer.Exit(2)
         try:
             from roadminer.training.detector_train import train_detector

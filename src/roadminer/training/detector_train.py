@@ -15,7 +15,10 @@ Steps (``train_detector``):
    after the validators' level-0 preparation (224x224, JPEG q75), with the logistic head's numbers out of
    fold (grouped K-fold over the held-out units), then the head refitted on all of them for the card.
 
-The output is ``OUT.pt`` (the checkpoint) and ``OUT.card.json`` (sha256, head, metrics, data counts).
+The output is ``OUT.safetensors`` (the weights with architecture, classes, imgsz and the fitted head as
+metadata: ``roadminer.models.detector.save_yolo``, no pickle) and ``OUT.card.json`` (sha256, head,
+metrics, data counts). Ultralytics keeps its own ``.pt`` checkpoints in the scratch folder while training;
+roadminer never loads them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ from roadminer.models.detector import (
     default_head,
     feature_names,
     fit_head,
+    load_yolo,
+    save_yolo,
+    set_yolo_head,
     sha256_file,
 )
 from roadminer.training.data import CLASS_NAMES, Box, Sample, export_downsized, load_dataset
@@ -325,10 +331,12 @@ def train_detector(
     cache: bool = True,
     extra_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the dataset, train, measure; writes ``OUT.pt`` + ``OUT.card.json`` and returns the card."""
+    """Build the dataset, train, measure; writes ``OUT.safetensors`` + ``OUT.card.json``, returns the card."""
+    if not str(model).endswith((".yaml", ".yml")):
+        raise ValueError(f"model {model!r}: give an ultralytics architecture yaml (training starts from random init)")
     t0 = time.time()
     out = Path(out)
-    weights_out = out if out.suffix == ".pt" else out.with_name(out.name + ".pt")
+    weights_out = out if out.suffix == ".safetensors" else out.with_name(out.name + ".safetensors")
     weights_out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir else weights_out.parent / f"{weights_out.stem}_work"
     work.mkdir(parents=True, exist_ok=True)
@@ -374,18 +382,15 @@ def train_detector(
     if time_min:
         args["time"] = float(time_min) / 60.0
     args.update(extra_args or {})
-    yolo.train(**args)
-    best = Path(yolo.trainer.best)
-    if not best.is_file():
-        best = Path(yolo.trainer.last)
-    shutil.copyfile(best, weights_out)
-    digest = sha256_file(weights_out)
+    yolo.train(**args)  # afterwards yolo.model holds the best epoch's weights
+    version = weights_out.stem
+    save_yolo(yolo.model, weights_out, imgsz=imgsz, head=default_head(len(CLASS_NAMES)), version=version)
     train_s = time.time() - t0
 
-    # Box metrics on the held-out boxed images.
+    # Box metrics on the held-out boxed images, with the model as the tier loads it (from the safetensors).
     from roadminer.models.detector import YoloTier
 
-    trained = YOLO(str(weights_out.resolve()), task="detect")
+    trained, _ = load_yolo(weights_out)
     val = trained.val(
         data=str(ds / "data.yaml"),
         imgsz=imgsz,
@@ -402,23 +407,23 @@ def train_detector(
     ap50 = {str(names[int(c)]): float(val.box.ap50[i]) for i, c in enumerate(val.box.ap_class_index)}
     box_metrics = {"map50": float(val.box.map50), "map50_95": float(val.box.map), "ap50_per_class": ap50}
 
-    card: dict[str, Any] = {
-        "format": FORMAT,
-        "weights": weights_out.name,
-        "sha256": digest,
-        "arch": model,
-        "imgsz": int(imgsz),
-        "classes": list(CLASS_NAMES),
-        "count_conf": 0.25,
-        "head": default_head(len(CLASS_NAMES)),
-        "version": weights_out.stem,
-    }
-    card_path_for(weights_out).write_text(json.dumps(card, indent=2))
     tier = YoloTier(weights=str(weights_out.resolve()), device=device, imgsz=imgsz)
     items = read_eval(ds)
     images = [square_eval_view(it.path) for it in items]
     feats, _ = tier.features(images)
     img_metrics, head = image_level_metrics(feats, items, seed=seed)
+    # The fitted head goes into the weights file, which the tier reads (the card only documents it).
+    set_yolo_head(weights_out, head, tier.count_conf)
+    card: dict[str, Any] = {
+        "format": FORMAT,
+        "weights": weights_out.name,
+        "sha256": sha256_file(weights_out),
+        "arch": model,
+        "imgsz": int(imgsz),
+        "classes": list(CLASS_NAMES),
+        "count_conf": tier.count_conf,
+        "version": version,
+    }
     card.update(
         {
             "head": head,

@@ -22,6 +22,8 @@ from roadminer.models.detector import (
     default_head,
     detection_features,
     fit_head,
+    read_yolo_file,
+    save_yolo,
     sha256_file,
 )
 from roadminer.training.data import Box, load_dataset
@@ -37,17 +39,14 @@ from roadminer.training.detector_train import (
 
 @pytest.fixture(scope="module")
 def random_yolo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised yolo11n checkpoint (built from its yaml, offline)."""
+    """A randomly initialised yolo11n (built from its yaml, offline) saved in roadminer's safetensors format."""
     d = tmp_path_factory.mktemp("yolo")
     os.environ["YOLO_CONFIG_DIR"] = str(d / "cfg")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
     from roadminer.models.detector import import_yolo
 
-    YOLO = import_yolo()
-    path = d / "random_yolo.pt"
-    YOLO("yolo11n.yaml").save(str(path))
-    return path
+    return save_yolo(import_yolo()("yolo11n.yaml").model, d / "random_yolo.safetensors", imgsz=64)
 
 
 def _scene(seed: int, cone: bool, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -79,25 +78,46 @@ def test_features_and_head() -> None:
         fit_head(x, np.zeros(40, dtype=int))
 
 
-def test_tier_refuses_unverified_weights(random_yolo: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no sha256"):
-        build_tier("yolo", "yolo", {"weights": str(random_yolo)})
-    with pytest.raises(ValueError, match="does not match"):
+def test_tier_refuses_pickles_bad_pins_and_weights_that_do_not_fit(random_yolo: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from roadminer.models.shipped import safetensors_metadata
+
+    for pt in ("roadwork_yolo.pt", str(tmp_path / "x.pt"), "weights.pth"):
+        with pytest.raises(ValueError, match="pickles and are not loaded"):
+            build_tier("yolo", "yolo", {"weights": pt})
+    with pytest.raises(ValueError, match="does not match the configured"):
         build_tier("yolo", "yolo", {"weights": str(random_yolo), "sha256": "0" * 64})
+    build_tier("yolo", "yolo", {"weights": str(random_yolo), "sha256": sha256_file(random_yolo)})
     with pytest.raises(FileNotFoundError):
-        build_tier("yolo", "yolo", {"weights": str(tmp_path / "missing.pt")})
+        build_tier("yolo", "yolo", {"weights": str(tmp_path / "missing.safetensors")})
     with pytest.raises(FileNotFoundError):
-        build_tier("yolo", "yolo", {"weights": "not_shipped_anywhere.pt"})
+        build_tier("yolo", "yolo", {"weights": "not_shipped_anywhere.safetensors"})
+    with pytest.raises(ValueError, match="not a roadminer detector"):  # a classifier file is not a detector
+        build_tier("yolo", "yolo", {"weights": "roadwork_classifier.safetensors"})
+
+    state = load_file(str(random_yolo))
+    meta = safetensors_metadata(random_yolo.read_bytes())
+    key = sorted(state)[0]
+    for label, bad_state in (
+        ("missing", {k: v for k, v in state.items() if k != key}),
+        ("unexpected", {**state, "model.99.extra": state[key].clone()}),
+        ("wrong shape", {**state, key: state[key][:1].contiguous()}),
+    ):
+        path = tmp_path / f"bad_{label.replace(' ', '_')}.safetensors"
+        save_file(bad_state, str(path), metadata=meta)
+        with pytest.raises(ValueError, match=rf"do not fit.*{label} \[\'model"):
+            build_tier("yolo", "yolo", {"weights": str(path)})
+    broken = tmp_path / "broken_meta.safetensors"
+    save_file(state, str(broken), metadata={**meta, "names": "[1, 2"})
+    with pytest.raises(ValueError, match="bad detector metadata"):
+        build_tier("yolo", "yolo", {"weights": str(broken)})
 
 
-def test_tier_answers_in_range(random_yolo: Path, tmp_path: Path) -> None:
-    weights = tmp_path / "det.pt"
-    weights.write_bytes(random_yolo.read_bytes())
-    card_path_for(weights).write_text(
-        json.dumps({"format": "roadminer-yolo-1", "sha256": sha256_file(weights), "imgsz": 64})
-    )
-    tier = build_tier("yolo", "det", {"weights": str(weights), "conf": 0.001})
-    assert tier.imgsz == 64 and tier.describe()["weights"] == str(weights)
+def test_tier_answers_in_range(random_yolo: Path) -> None:
+    tier = build_tier("yolo", "det", {"weights": str(random_yolo), "conf": 0.001})
+    assert tier.imgsz == 64 and tier.describe()["weights"] == str(random_yolo)
+    assert tier.classes == [str(i) for i in range(80)]  # yolo11n.yaml: 80 classes named by index
     imgs = [np.asarray(_scene(i, cone=i % 2 == 0, size=s)) for i, s in enumerate([(224, 224), (320, 240), (100, 300)])]
     out = tier.predict(ImageBatch(rgb=imgs))
     assert out.prob.shape == (3,)
@@ -105,6 +125,49 @@ def test_tier_answers_in_range(random_yolo: Path, tmp_path: Path) -> None:
     assert out.extras["features"].shape == (3, tier.n_classes + 2)
     assert len(out.extras["detections"]) == 3
     tier.warmup()
+
+
+def _photos(n: int) -> list[np.ndarray]:
+    """Validator-view photos of the shared data (tracon work zones first, then tracon streets without road
+    work), else drawn scenes."""
+    from conftest import SHARED_DATA
+    from roadminer.training.detector_train import square_eval_view
+
+    folders = [SHARED_DATA / "images" / sub for sub in ("roadwork", "no_roadwork")]
+    if all(f.is_dir() for f in folders):
+        files = []
+        for f in folders:
+            found = sorted(f.glob("tracon__*.jpg"))
+            files += found[:: max(1, len(found) // (n // 2))][: n // 2]
+        return [square_eval_view(p) for p in files]
+    return [np.asarray(_scene(i, cone=i % 2 == 0, size=(320, 240))) for i in range(n)]
+
+
+def test_safetensors_round_trip_keeps_every_detection(tmp_path: Path) -> None:
+    """An ultralytics model in memory (the shipped detector) and its ``save_yolo`` copy, rebuilt from the yaml
+    metadata, find the same boxes with the same confidences on real photos: the path of
+    scripts/convert_yolo_pt.py, which wrote the shipped file from the old ``.pt``."""
+    from roadminer.models.detector import ASSETS_MODELS, load_yolo
+
+    yolo, _ = load_yolo(ASSETS_MODELS / "roadwork_yolo.safetensors")
+    path = save_yolo(yolo.model, tmp_path / "rt.safetensors", imgsz=256)
+    again, meta = load_yolo(path)
+    assert meta["names"] == ["cone", "barrier", "sign", "other"] and meta["imgsz"] == 256
+    kw = {"imgsz": 256, "conf": 0.05, "max_det": 50, "device": "cpu", "verbose": False}
+    images = [np.ascontiguousarray(im[..., ::-1]) for im in _photos(10)]
+    n_boxes = 0
+    for a, b in zip(yolo.predict(images, **kw), again.predict(images, **kw), strict=True):
+        assert np.array_equal(a.boxes.cls.numpy(), b.boxes.cls.numpy())
+        assert np.array_equal(a.boxes.conf.numpy(), b.boxes.conf.numpy())
+        assert np.array_equal(a.boxes.xyxy.numpy(), b.boxes.xyxy.numpy())
+        n_boxes += len(a.boxes)
+    from conftest import SHARED_DATA
+
+    if SHARED_DATA.is_dir():
+        assert n_boxes > 0  # the roadwork photos hold cones the detector finds
+    yolo.model.fuse(verbose=False)  # conv+bn folded: the keys no longer match the yaml's architecture
+    with pytest.raises(ValueError, match="fuse"):
+        save_yolo(yolo.model, tmp_path / "fused.safetensors", imgsz=256)
 
 
 def test_square_crop_moves_boxes() -> None:
@@ -203,18 +266,20 @@ def test_image_level_metrics_grouped() -> None:
     assert len(head["coef"]) == 6
 
 
-def test_shipped_detector_loads_verified() -> None:
-    from roadminer.models.detector import ASSETS_MODELS, load_card
+def test_shipped_detector_loads_from_safetensors_and_finds_roadwork() -> None:
+    from roadminer.models.detector import ASSETS_MODELS
 
-    weights = ASSETS_MODELS / "roadwork_yolo.pt"
-    if not weights.is_file():
-        pytest.skip("no detector shipped in this build")
-    card = load_card(weights)
+    weights = ASSETS_MODELS / "roadwork_yolo.safetensors"
+    card = json.loads(card_path_for(weights).read_text())
+    _, meta = read_yolo_file(weights)
     assert card["sha256"] == sha256_file(weights)
-    assert len(card["head"]["coef"]) == len(card["classes"]) + 2
-    tier = build_tier("yolo", "yolo", {"weights": "roadwork_yolo.pt"})
-    out = tier.predict(ImageBatch(rgb=[np.asarray(_scene(1, cone=True, size=(224, 224)))]))
-    assert 0 < out.prob[0] < 1
+    assert meta["names"] == card["classes"] and meta["imgsz"] == card["imgsz"] == 256
+    assert meta["head"] == card["head"] and meta["count_conf"] == card["count_conf"]
+    tier = build_tier("yolo", "yolo", {"weights": "roadwork_yolo.safetensors"})
+    photos = _photos(12)
+    prob = tier.predict(ImageBatch(rgb=photos)).prob
+    assert np.all((prob > 0) & (prob < 1))
+    assert prob[: len(photos) // 2].mean() > prob[len(photos) // 2 :].mean()  # roadwork first, then not
 
 
 def test_train_detector_end_to_end(tmp_path: Path) -> None:
@@ -234,11 +299,14 @@ def test_train_detector_end_to_end(tmp_path: Path) -> None:
         holdout_sources=["rcone"],
         cache=False,
     )
-    weights = tmp_path / "out" / "tiny.pt"
+    weights = tmp_path / "out" / "tiny.safetensors"
     assert weights.is_file() and card["sha256"] == sha256_file(weights)
+    assert not list((tmp_path / "out").glob("*.pt"))  # ultralytics' own checkpoints stay in the scratch folder
     saved = json.loads(card_path_for(weights).read_text())
     assert saved["metrics"]["image_level_val"]["n"] >= 3
     assert "map50" in saved["metrics"]["boxes_val"]
+    _, meta = read_yolo_file(weights)
+    assert meta["head"] == saved["head"] and meta["imgsz"] == 64 and meta["names"][0] == "cone"
     tier = build_tier("yolo", "tiny", {"weights": str(weights)})
     assert tier.predict(ImageBatch(rgb=[np.asarray(_scene(0, cone=True))])).prob.shape == (1,)
 

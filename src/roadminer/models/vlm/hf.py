@@ -94,8 +94,8 @@ class HFVLMTier(Tier):
             from transformers import AutoModelForImageTextToText
 
             kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-            model_obj = AutoModelForImageTextToText.from_pretrained(model, revision=revision,
-                                                                    dtype=self.torch_dtype, **kw)
+            model_obj = AutoModelForImageTextToText.from_pretrained(model, revision=revision, dtype=self.torch_dtype,
+                                                                    use_safetensors=True, **kw)  # never .bin pickles
         self.model = model_obj.to(self.device, self.torch_dtype).eval()
         # transformers 5 renamed ``past_key_values`` to ``cache``; accept both.
         params = inspect.signature(self.model.forward).parameters
