@@ -68,13 +68,15 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
     markers = [{"t": e["t"], "label": e.get("version", "")} for e in events if e.get("event") == "promoted"]
     rw = snap["reward"]
     vals = rw["validators"]
+    replayed = set(rw.get("replayed", []))
+    mark = " (replayed)"
 
     def per_validator(metric: str) -> tuple[dict[str, Any], dict[str, str]]:
         series: dict[str, Any] = {"overall": rw["overall"][metric]}
-        labels = {"overall": "all validators"}
+        labels = {"overall": "all validators" + (mark if replayed else "")}
         for hk, m in vals.items():
             series[hk] = m.get(metric, [])
-            labels[hk] = short_hotkey(hk)
+            labels[hk] = short_hotkey(hk) + (mark if hk in replayed else "")
         return series, labels
 
     charts: list[tuple[str, str, bool]] = []
@@ -94,9 +96,10 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
             )
         )
     ch = snap["chain"]["series"]
+    chain_mark = mark if snap["chain"].get("replayed") else ""
     charts.append(
         (
-            "On-chain incentive, trust, consensus",
+            "On-chain incentive, trust, consensus" + chain_mark,
             line_chart(
                 "chain",
                 "On-chain",
@@ -131,7 +134,7 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
     )
     charts.append(
         (
-            "Hard-example queue depth",
+            "Hard-example queue depth" + (mark if snap["queue"].get("replayed") else ""),
             line_chart("queue", "Queue depth", {"depth": snap["queue"]["series"]}, y_min=0, t_range=t_range),
             False,
         )
@@ -181,6 +184,14 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
         f"<tr><td>{escape(t)}</td><td>{n}</td><td>{n / max(req['n'], 1):.1%}</td></tr>"
         for t, n in sorted(totals.items())
     )
+    prov = snap.get("provenance") or {}
+    banner = ""
+    if prov.get("replayed_in_window"):
+        banner = (
+            '<div class="banner replayed" data-replayed="1">Replayed data in this window: challenges answered '
+            "by <code>roadminer dashboard --replay</code> at invented times, not validator traffic "
+            f"({len(prov.get('replay_runs', []))} replay run(s) in this store; series marked “replayed”).</div>"
+        )
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snap["generated_at"]))
     refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s > 0 else ""
     return f"""<!doctype html>
@@ -189,7 +200,7 @@ def render_page(snap: dict[str, Any], window_label: str, refresh_s: float) -> st
 <link rel="stylesheet" href="static/style.css"></head>
 <body><header><h1>roadminer</h1><nav>{nav}</nav>
 <span class="meta">backend {escape(str(snap["backend"].get("backend")))} · {generated}</span></header>
-<main><div class="cards">{card_html}</div><div class="grid">{panels}
+<main>{banner}<div class="cards">{card_html}</div><div class="grid">{panels}
 <section class="panel"><h2>Tier exits in window</h2><table class="small" id="tier-totals">
 <tr><th>tier</th><th>answers</th><th>share</th></tr>{tier_rows}</table></section></div></main>
 <footer><a href="label/">label the hard-example queue</a> ·

@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="spread replayed challenges over the last N hours")
         ] = 6.0,
         replay_only: Annotated[bool, typer.Option(help="replay, then exit without serving")] = False,
+        force: Annotated[
+            bool, typer.Option("--force", help="replay even into a store that holds real history")
+        ] = False,
     ) -> None:
         """Serve the reward/MCC dashboard (SVG charts + JSON API) over the configured state backend."""
         import asyncio
@@ -47,15 +50,21 @@ def register(app: typer.Typer) -> None:
         async def main() -> None:
             state = StateLayer.from_config(settings.state)
             if replay:
-                from roadminer.dashboard.replay import replay_history
+                from roadminer.dashboard.replay import ReplayRefused, replay_history
 
-                report = await replay_history(
-                    state,
-                    settings,
-                    None if replay == "scenes" else replay,
-                    n=replay_n,
-                    span_s=replay_hours * 3600.0,
-                )
+                try:
+                    report = await replay_history(
+                        state,
+                        settings,
+                        None if replay == "scenes" else replay,
+                        n=replay_n,
+                        span_s=replay_hours * 3600.0,
+                        force=force,
+                    )
+                except ReplayRefused as e:
+                    await state.close()
+                    typer.echo(f"error: {e}", err=True)
+                    raise typer.Exit(2) from e
                 logger.info("replayed {}", report)
             if replay_only:
                 await state.close()

@@ -18,7 +18,8 @@ import numpy as np
 from loguru import logger
 
 from roadminer.core.aio import cancel_and_wait
-from roadminer.state.history import NO_VALIDATOR
+from roadminer.dashboard.provenance import live_history, replay_runs
+from roadminer.state.history import NO_VALIDATOR, REPLAY
 from roadminer.state.layer import StateLayer
 from roadminer.state.model_events import model_events
 
@@ -88,10 +89,13 @@ class DashboardData:
         validators: dict[str, dict[str, list[list[float]]]] = defaultdict(dict)
         overall: dict[str, list[list[float]]] = {}
         latest: dict[str, float | None] = {}
+        replayed: set[str] = set()
         for name in REWARD_SERIES:
             pooled: list[list[float]] = []
             last: list[float] = []
             for v, pts in (await h.series_by_validator(name, since, now)).items():
+                if any(p.source == REPLAY for p in pts):
+                    replayed.add(v)
                 pairs = _pairs(pts)
                 validators[v][name] = pairs
                 pooled += pairs
@@ -103,18 +107,30 @@ class DashboardData:
         _set_reward_gauges(
             {v: {k: pts[-1][1] for k, pts in m.items() if pts} for v, m in validators.items()}, latest
         )
-        return {"overall": overall, "validators": dict(sorted(validators.items())), "latest": latest}
+        return {
+            "overall": overall,
+            "validators": dict(sorted(validators.items())),
+            "latest": latest,
+            "replayed": sorted(replayed),  # validators whose points in the window were replayed
+        }
 
     async def chain(self, since: float, now: float) -> dict[str, Any]:
         h = self.state.history
         out: dict[str, Any] = {}
         latest: dict[str, float | None] = {}
+        replayed: list[str] = []
         for name in CHAIN_SERIES:
-            pts = _pairs(await h.series(f"chain.{name}", since, now))
+            points = await h.series(f"chain.{name}", since, now)
+            if any(p.source == REPLAY for p in points):
+                replayed.append(name)
+            pts = _pairs(points)
             out[name] = pts
             latest[name] = pts[-1][1] if pts else None
-        weights = {v: _pairs(p) for v, p in (await h.series_by_validator("chain.weight", since, now)).items()}
-        return {"series": out, "latest": latest, "weights": weights}
+        by_validator = await h.series_by_validator("chain.weight", since, now)
+        weights = {v: _pairs(p) for v, p in by_validator.items()}
+        if any(p.source == REPLAY for pts in by_validator.values() for p in pts):
+            replayed.append("weight")
+        return {"series": out, "latest": latest, "weights": weights, "replayed": replayed}
 
     async def requests(self, since: float, now: float) -> dict[str, Any]:
         """Tier exit shares and latency percentiles per time bucket, from the sessions."""
@@ -142,6 +158,7 @@ class DashboardData:
         summary = {f"p{q}": float(np.percentile(all_ms, q)) for q in (50, 90, 99)} if len(all_ms) else {}
         return {
             "n": len(records),
+            "replayed": sum(r.source == REPLAY for r in records),
             "tier_exit_share": share,
             "tier_totals": dict(totals),
             "latency_ms": lat,
@@ -153,8 +170,8 @@ class DashboardData:
         depth = None
         with contextlib.suppress(Exception):
             depth = await q.store.stream_len(q.stream)
-        series = _pairs(await self.state.history.series(QUEUE_DEPTH_SERIES, since, now))
-        return {"depth": depth, "series": series}
+        points = await self.state.history.series(QUEUE_DEPTH_SERIES, since, now)
+        return {"depth": depth, "series": _pairs(points), "replayed": any(p.source == REPLAY for p in points)}
 
     async def miner_health(self) -> dict[str, Any] | None:
         if not self.miner_url:
@@ -174,7 +191,7 @@ class DashboardData:
 
         now = time.time() if now is None else float(now)
         since = now - float(window_s)
-        reward, chain, reqs, queue, events, miner, forensics = await asyncio.gather(
+        reward, chain, reqs, queue, events, miner, forensics, runs, live = await asyncio.gather(
             self.reward(since, now),
             self.chain(since, now),
             self.requests(since, now),
@@ -182,9 +199,17 @@ class DashboardData:
             model_events(self.state.store, since),
             self.miner_health(),
             forensics_data(self.state.store, since, now),
+            replay_runs(self.state.store),
+            live_history(self.state.store),
         )
         current = next((e for e in reversed(events) if e.get("event") in ("loaded", "promoted")), None)
+        in_window = bool(reward["replayed"] or chain["replayed"] or reqs["replayed"] or queue["replayed"])
         return {
+            "provenance": {
+                "replayed_in_window": in_window,  # some charted point is a replay, not validator traffic
+                "live_history": live.present,
+                "replay_runs": runs[:10],
+            },
             "generated_at": now,
             "window": {"since": since, "until": now, "seconds": float(window_s)},
             "backend": self.state.store.describe(),

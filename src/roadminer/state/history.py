@@ -31,10 +31,18 @@ DEFAULT_RETENTION_S = 30 * 24 * 3600.0
 MCC_WINDOW = 100  # outcomes kept per validator (the reference validator's window)
 
 
+# Where a point came from: traffic the miner saw (or the chain), or ``roadminer dashboard --replay``.
+LIVE = "live"
+REPLAY = "replay"
+# Set of the kinds of live records a store holds ("history", "sessions"); see roadminer.dashboard.provenance.
+LIVE_MARKER_KEY = "provenance:live"
+
+
 @dataclass(frozen=True)
 class Point:
     t: float
     value: float
+    source: str = LIVE
 
 
 class MetricHistory:
@@ -50,6 +58,7 @@ class MetricHistory:
         self.store = store
         self.retention_s = retention_s
         self.retention_overrides = dict(retention_overrides or {})
+        self._live_marked = False
 
     @staticmethod
     def _key(name: str, validator: str | None) -> str:
@@ -59,14 +68,19 @@ class MetricHistory:
         return self.retention_overrides.get(name, self.retention_s)
 
     async def add(
-        self, name: str, value: float, t: float | None = None, validator: str | None = None
+        self, name: str, value: float, t: float | None = None, validator: str | None = None, source: str = LIVE
     ) -> None:
+        """One point; ``source`` ``REPLAY`` marks points written by the dashboard's replay."""
         if not math.isfinite(float(value)):
             raise ValueError(f"series {name!r}: value must be finite, got {value!r}")
         t = time.time() if t is None else float(t)
         key = self._key(name, validator)
-        # A random tag keeps equal (t, value) points distinct in the sorted set.
-        await self.store.zadd(key, t, dumps([t, float(value), secrets.token_hex(4)]))
+        # A random tag keeps equal (t, value) points distinct in the sorted set; a 4th item names a non-live source.
+        member = [t, float(value), secrets.token_hex(4)] + ([] if source == LIVE else [source])
+        await self.store.zadd(key, t, dumps(member))
+        if source == LIVE and not self._live_marked:
+            await self.store.sadd(LIVE_MARKER_KEY, "history")
+            self._live_marked = True
         await self.store.sadd("hist:names", name)
         await self.store.sadd(f"hist:validators:{name}", validator or NO_VALIDATOR)
         await self.store.zrem_by_score(key, -math.inf, t - self.retention_for(name))
@@ -84,8 +98,8 @@ class MetricHistory:
         rows = await self.store.zrange_by_score(self._key(name, validator), lo, hi, limit)
         out = []
         for member, _score in rows:
-            t, v, _ = json.loads(member)
-            out.append(Point(float(t), float(v)))
+            t, v, _, *rest = json.loads(member)
+            out.append(Point(float(t), float(v), str(rest[0]) if rest else LIVE))
         return out
 
     async def series_by_validator(
@@ -179,19 +193,20 @@ class RewardTracker:
         self.ema_alpha = ema_alpha
 
     async def record_outcome(
-        self, validator: str, prob: float | None, label: int, t: float | None = None
+        self, validator: str, prob: float | None, label: int, t: float | None = None, source: str = LIVE
     ) -> dict[str, float]:
         """One scored challenge (``prob`` None or out of range = no answer); returns the rolling metrics."""
         answered = prob is not None and 0.0 <= float(prob) <= 1.0
         value = float(prob) if answered else -1.0
-        await self.store.list_push(f"outcomes:{validator}", dumps([value, int(label)]), MCC_WINDOW)
+        row = [value, int(label)] + ([] if source == LIVE else [source])
+        await self.store.list_push(f"outcomes:{validator}", dumps(row), MCC_WINDOW)
         rows = [json.loads(r) for r in await self.store.list_range(f"outcomes:{validator}")]
         rows.reverse()  # oldest first
         m = rolling_metrics([r[0] for r in rows], [r[1] for r in rows])
         if not answered:
             m["reward"] = 0.0  # the reference scores a missing answer 0 whatever the window says
         for name in ("mcc", "accuracy", "reward"):
-            await self.history.add(name, m[name], t, validator=validator)
+            await self.history.add(name, m[name], t, validator=validator, source=source)
         # Reward trend (EMA like the validator's score), read by the hard-example policy on every answer.
         prev = await self.store.get_json(f"reward:ema:{validator}")
         ema = (
@@ -208,11 +223,11 @@ class RewardTracker:
         value = await self.store.get_json(f"reward:ema:{validator}")
         return None if value is None else float(value)
 
-    async def record_chain(self, snap: ChainSnapshot) -> None:
+    async def record_chain(self, snap: ChainSnapshot, source: str = LIVE) -> None:
         t = snap.t or time.time()
         for name in ("incentive", "trust", "emission", "consensus", "rank"):
             value = getattr(snap, name)
             if value is not None:
-                await self.history.add(f"chain.{name}", float(value), t)
+                await self.history.add(f"chain.{name}", float(value), t, source=source)
         for validator, w in snap.weights.items():
-            await self.history.add("chain.weight", float(w), t, validator=validator)
+            await self.history.add("chain.weight", float(w), t, validator=validator, source=source)

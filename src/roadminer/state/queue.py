@@ -68,6 +68,7 @@ class HardExample:
     validator: str = ""
     ts: float = field(default_factory=time.time)
     size: int = 0
+    source: str = "live"  # "replay": queued by ``roadminer dashboard --replay``
     entry_id: str = ""
 
     def to_fields(self) -> dict[str, str]:
@@ -181,6 +182,7 @@ class HardExampleQueue:
         label: int | None = None,
         validator: str = "",
         image_hash: str | None = None,
+        source: str = "live",
     ) -> str | None:
         """Queue one example; returns its entry id, or None when it was a duplicate or too large."""
         if not reasons:
@@ -210,6 +212,7 @@ class HardExampleQueue:
             label=label,
             validator=validator,
             size=len(image),
+            source=source,
         )
         entry_id = await self.store.stream_add(self.stream, ex.to_fields(), self.max_entries)
         for r in reasons:

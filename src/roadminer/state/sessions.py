@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from roadminer.core.metrics import CACHE
+from roadminer.state.history import LIVE_MARKER_KEY
 from roadminer.state.store import StateStore, dumps
 
 
@@ -22,6 +23,7 @@ class RequestRecord:
     ts: float = field(default_factory=time.time)
     protocol: str = "sn72"
     label: int | None = None  # known only for simulator/validator traffic
+    source: str = "live"  # "replay": written by ``roadminer dashboard --replay``, not seen by the miner
 
     def to_json(self) -> bytes:
         return dumps(asdict(self))
@@ -38,10 +40,14 @@ class SessionStore:
     def __init__(self, store: StateStore, max_len: int = 500) -> None:
         self.store = store
         self.max_len = max_len
+        self._live_marked = False
 
     async def record(self, validator: str, rec: RequestRecord) -> None:
         await self.store.list_push(f"session:{validator}", rec.to_json(), self.max_len)
         await self.store.sadd("session:validators", validator)
+        if rec.source == "live" and not self._live_marked:
+            await self.store.sadd(LIVE_MARKER_KEY, "sessions")  # see roadminer.dashboard.provenance
+            self._live_marked = True
 
     async def recent(self, validator: str, n: int | None = None) -> list[RequestRecord]:
         stop = -1 if n is None else n - 1
