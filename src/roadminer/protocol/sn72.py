@@ -34,7 +34,7 @@ DEFAULT_TIMEOUT_S = 9.0
 EMPTY_BODY_HASH = hashlib.sha3_256(b"").hexdigest()
 ALLOWED_DELTA_S = 4.0
 # The ``timeout`` header widens a first-seen endpoint's nonce window (``4 s + timeout``) but is not signed:
-# whoever replays a captured request may set it. It is clamped to [0, MAX_TIMEOUT_S] for the window.
+# whoever replays a captured request may set it. It counts at most MAX_TIMEOUT_S in the window.
 # Validators ask with 9 s (SN72) to 12 s (the bittensor Dendrite default), so 12 s loses no honest caller.
 MAX_TIMEOUT_S = 12.0
 # bittensor encodes versions as major*1e6 + minor*1e3 + patch; a client built here claims 9.12.2.
@@ -221,9 +221,11 @@ class EndpointNonceStore(Protocol):
 
 
 def effective_timeout(timeout_s: float | None, max_timeout_s: float = MAX_TIMEOUT_S) -> float:
-    """The caller's (unsigned) timeout as the nonce window uses it: clamped to ``[0, max_timeout_s]``."""
+    """The caller's (unsigned) timeout as the nonce window uses it: at most ``max_timeout_s``. A negative one
+    narrows the window as in bittensor (it can only refuse more); it is bounded below so the arithmetic stays
+    finite."""
     t = timeout_s if timeout_s is not None and math.isfinite(timeout_s) else 0.0
-    return min(max(t, 0.0), max_timeout_s)
+    return min(max(t, -max_timeout_s), max_timeout_s)
 
 
 def nonce_window_s(

@@ -141,7 +141,7 @@ async def test_timeout_header_widens_the_window_only_up_to_the_cap() -> None:
         return headers
 
     assert sn72.nonce_window_s(1e9) == sn72.ALLOWED_DELTA_S + sn72.MAX_TIMEOUT_S == 16.0
-    assert sn72.nonce_window_s(-50.0) == sn72.ALLOWED_DELTA_S
+    assert sn72.nonce_window_s(-50.0) == sn72.ALLOWED_DELTA_S - sn72.MAX_TIMEOUT_S  # negative: narrower, finite
     await _check(h(15.0, "12.0", "a"), store, now_ns=now)  # the Dendrite default 12 s still fits
     await _check(h(15.0, "1e9", "b"), store, now_ns=now)  # a huge timeout is not a narrower window
     for age, timeout in ((17.0, "1e9"), (17.0, "12.0"), (14.0, "9.0"), (5.0, "-100")):
