@@ -127,23 +127,19 @@ def test_tier_answers_in_range(random_yolo: Path) -> None:
     tier.warmup()
 
 
-def _photos(n: int) -> list[np.ndarray]:
-    """Validator-view photos of the shared data (tracon work zones first, then tracon streets without road
-    work), else drawn scenes."""
-    from conftest import SHARED_DATA
+def _photos(shared_data: Path, n: int) -> list[np.ndarray]:
+    """Validator-view photos of the shared data: tracon work zones first, then tracon streets without road work."""
     from roadminer.training.detector_train import square_eval_view
 
-    folders = [SHARED_DATA / "images" / sub for sub in ("roadwork", "no_roadwork")]
-    if all(f.is_dir() for f in folders):
-        files = []
-        for f in folders:
-            found = sorted(f.glob("tracon__*.jpg"))
-            files += found[:: max(1, len(found) // (n // 2))][: n // 2]
-        return [square_eval_view(p) for p in files]
-    return [np.asarray(_scene(i, cone=i % 2 == 0, size=(320, 240))) for i in range(n)]
+    files = []
+    for sub in ("roadwork", "no_roadwork"):
+        found = sorted((shared_data / "images" / sub).glob("tracon__*.jpg"))
+        files += found[:: max(1, len(found) // (n // 2))][: n // 2]
+    assert len(files) == n, f"expected {n} tracon photos under {shared_data}/images"
+    return [square_eval_view(p) for p in files]
 
 
-def test_safetensors_round_trip_keeps_every_detection(tmp_path: Path) -> None:
+def test_safetensors_round_trip_keeps_every_detection(tmp_path: Path, shared_data: Path) -> None:
     """An ultralytics model in memory (the shipped detector) and its ``save_yolo`` copy, rebuilt from the yaml
     metadata, find the same boxes with the same confidences on real photos: the path of
     scripts/convert_yolo_pt.py, which wrote the shipped file from the old ``.pt``."""
@@ -154,17 +150,14 @@ def test_safetensors_round_trip_keeps_every_detection(tmp_path: Path) -> None:
     again, meta = load_yolo(path)
     assert meta["names"] == ["cone", "barrier", "sign", "other"] and meta["imgsz"] == 256
     kw = {"imgsz": 256, "conf": 0.05, "max_det": 50, "device": "cpu", "verbose": False}
-    images = [np.ascontiguousarray(im[..., ::-1]) for im in _photos(10)]
+    images = [np.ascontiguousarray(im[..., ::-1]) for im in _photos(shared_data, 10)]
     n_boxes = 0
     for a, b in zip(yolo.predict(images, **kw), again.predict(images, **kw), strict=True):
         assert np.array_equal(a.boxes.cls.numpy(), b.boxes.cls.numpy())
         assert np.array_equal(a.boxes.conf.numpy(), b.boxes.conf.numpy())
         assert np.array_equal(a.boxes.xyxy.numpy(), b.boxes.xyxy.numpy())
         n_boxes += len(a.boxes)
-    from conftest import SHARED_DATA
-
-    if SHARED_DATA.is_dir():
-        assert n_boxes > 0  # the roadwork photos hold cones the detector finds
+    assert n_boxes > 0  # the roadwork photos hold cones the detector finds
     yolo.model.fuse(verbose=False)  # conv+bn folded: the keys no longer match the yaml's architecture
     with pytest.raises(ValueError, match="fuse"):
         save_yolo(yolo.model, tmp_path / "fused.safetensors", imgsz=256)
@@ -266,7 +259,7 @@ def test_image_level_metrics_grouped() -> None:
     assert len(head["coef"]) == 6
 
 
-def test_shipped_detector_loads_from_safetensors_and_finds_roadwork() -> None:
+def test_shipped_detector_loads_from_safetensors_and_finds_roadwork(shared_data: Path) -> None:
     from roadminer.models.detector import ASSETS_MODELS
 
     weights = ASSETS_MODELS / "roadwork_yolo.safetensors"
@@ -276,7 +269,7 @@ def test_shipped_detector_loads_from_safetensors_and_finds_roadwork() -> None:
     assert meta["names"] == card["classes"] and meta["imgsz"] == card["imgsz"] == 256
     assert meta["head"] == card["head"] and meta["count_conf"] == card["count_conf"]
     tier = build_tier("yolo", "yolo", {"weights": "roadwork_yolo.safetensors"})
-    photos = _photos(12)
+    photos = _photos(shared_data, 12)
     prob = tier.predict(ImageBatch(rgb=photos)).prob
     assert np.all((prob > 0) & (prob < 1))
     assert prob[: len(photos) // 2].mean() > prob[len(photos) // 2 :].mean()  # roadwork first, then not
