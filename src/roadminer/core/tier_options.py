@@ -110,15 +110,15 @@ class ColourOptions(TierOptions):
 class YoloOptions(TierOptions):
     """``kind: yolo`` (models/detector.py): the cone/barrier/sign detector and its count head."""
 
-    weights: str | None = None  # .pt (absolute, or shipped in assets/models) with NAME.card.json beside it
-    sha256: str | None = None  # expected digest of the weights (default: the card's)
+    weights: str | None = None  # roadminer-yolo .safetensors (absolute, or shipped in assets/models); no .pt
+    sha256: str | None = None  # expected digest of an operator's weights (shipped files are pinned in code)
     imgsz: int | None = Field(default=None, ge=32)
     conf: float = Field(default=0.05, ge=0, le=1)
     iou: float = Field(default=0.5, ge=0, le=1)
     max_det: int = Field(default=50, ge=1)
     device: str | None = None
     batch_size: int = Field(default=32, ge=1)
-    head: dict[str, Any] | None = None  # logistic head over the detections (default: the card's)
+    head: dict[str, Any] | None = None  # logistic head over the detections (default: the weights' metadata)
     count_conf: float | None = Field(default=None, ge=0, le=1)
 
 
