@@ -18,11 +18,11 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 # file name in assets/models -> sha256 hex. Update together with the file (and its card).
 SHA256: dict[str, str] = {
-    "roadwork_classifier.safetensors": "da99fed2807a3ffa0ec596e00427f1678138506e796acd6039e9f1f447cc4ba3",
-    "roadwork_classifier_lite2.safetensors": "cb8b1ea79e80226fcb2a53b4e5b40edf74a9dc3e9682c19ee55ef2bf55c390dc",
+    "roadwork_classifier.safetensors": "b1749f05288402c2fac0709503d36e49cf6926c4c7da9da98fe0935bdc4f2a7c",
+    "roadwork_classifier_lite2.safetensors": "23a155fcb8a136e6208c0d3ac0a047b0e2f015acbfd0fe6994c1e0b5be2745b3",
     "roadwork_yolo.safetensors": "87d2d5bbe95143b0c31dc65d895afb402ac78d3318d87dfe066be85c6828ed69",
     "colour_cue.json": "e10c04971cd6fc2a6988e751eb89d4e34cce7079244e599067b07c3125496ee3",
-    "cascade_consensus.json": "a4e1e5a2b484ff055560fad609e840f9c1b73eaa04fe55add557f872e7874841",
+    "cascade_consensus.json": "e4adc30d87563aa6aad3be9456867cbac846f1d2878b981d74be4ebe13000050",
 }
 
 # Suffixes of files in assets/models that some loader reads; documentation (.md, .card.json) is not loaded.
