@@ -157,10 +157,12 @@ async def test_load_below_saturation_has_no_errors(tmp_path: Path) -> None:
     try:
         clients = [("validator", VALIDATORS[i % N_VALIDATORS][0]) for i in range(24)]
         await _drive(miner, clients, max_requests=48, max_seconds=10)  # warm-up
-        stats = await _drive(miner, clients, max_requests=1500, max_seconds=15)
+        # Bounded by count, not by time: throughput is the bench's business (roadminer bench), and a shared
+        # CPU must not turn a correctness check into a speed test.
+        stats = await _drive(miner, clients, max_requests=240, max_seconds=180)
         s = stats.summary()
         print(f"\n[load] below saturation, 24 validators x 1 connection, colour cascade: {s}")
-        assert stats.total >= 200 and not stats.bad
+        assert stats.total == 240 and not stats.bad
         assert stats.codes[200] == stats.total, s  # no errors at all below saturation
         assert miner.backend.guards.shedder.inflight == 0
     finally:
