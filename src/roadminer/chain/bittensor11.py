@@ -135,21 +135,35 @@ class Bittensor11ChainView(ChainView):
     """Metagraph of ``netuid`` on ``network`` (finney | test | ws://...), refreshed every sync interval."""
 
     def __init__(
-        self, network: str, netuid: int, sync_interval_s: float = 120.0, wallet: Any = None, attempts: int = 4
+        self,
+        network: str,
+        netuid: int,
+        sync_interval_s: float = 120.0,
+        wallet: Any = None,
+        attempts: int = 4,
+        client_factory: Callable[[], Any] | None = None,
     ) -> None:
+        """``client_factory``: builds the (unconnected) ``bittensor.Client``; default ``Client(network)``.
+        Tests pass ``Client(network, substrate=...)``, the SDK's own seam for an in-memory chain."""
         super().__init__(netuid, sync_interval_s)
         self.network = network
         self.wallet = wallet
         self.attempts = attempts
+        self.client_factory = client_factory
+        self.last_write_error: str | None = None
         self._client: Any = None
         self._lock = asyncio.Lock()
 
     async def _connected(self) -> Any:
         async with self._lock:
             if self._client is None:
-                import bittensor as bt
+                if self.client_factory is not None:
+                    client = self.client_factory()
+                else:
+                    import bittensor as bt
 
-                self._client = await bt.Client(self.network).connect()
+                    client = bt.Client(self.network)
+                self._client = await client.connect()
             return self._client
 
     async def _reset_client(self) -> None:
@@ -178,27 +192,37 @@ class Bittensor11ChainView(ChainView):
 
         return await with_retries(once, attempts=self.attempts, what=f"metagraph sync ({self.network})")
 
-    async def _execute(self, intent: Any, what: str) -> bool:
-        if self.wallet is None:
+    async def _execute(self, intent: Any, what: str, signer: Any = None) -> bool:
+        """Sign (``signer``: a wallet or a ``bittensor`` Signer such as ``HotkeySigner``; default the
+        view's wallet) and submit ``intent``. False on failure, with the reason in ``last_write_error``."""
+        signer = signer if signer is not None else self.wallet
+        if signer is None:
+            self.last_write_error = "no wallet configured"
             logger.warning("{}: no wallet configured", what)
             return False
 
         async def once() -> Any:
             client = await self._connected()
-            result = await client.execute(intent, self.wallet)
+            result = await client.execute(intent, signer)
             return result.raise_for_failure() if hasattr(result, "raise_for_failure") else result
 
         try:
             await with_retries(once, attempts=self.attempts, what=what)
+            self.last_write_error = None
             return True
         except Exception as e:
+            self.last_write_error = f"{type(e).__name__}: {e}"
             logger.error("{} failed after {} attempts: {}", what, self.attempts, e)
             return False
 
-    async def serve_axon(self, ip: str, port: int) -> bool:
+    async def serve_axon(
+        self, ip: str, port: int, signer: Any = None, version: int = 1, protocol: int = 4
+    ) -> bool:
+        """ServeAxon (``SubtensorModule.serve_axon``) for the hotkey of ``signer`` (default: the wallet's)."""
         from bittensor.intents.serving import ServeAxon
 
-        return await self._execute(ServeAxon(netuid=self.netuid, ip=ip, port=int(port)), "ServeAxon")
+        intent = ServeAxon(netuid=self.netuid, ip=ip, port=int(port), protocol=protocol, version=int(version))
+        return await self._execute(intent, f"ServeAxon {ip}:{port}", signer)
 
     async def set_weights(self, uids: list[int], weights: list[int], version_key: int) -> bool:
         from bittensor.intents.weights import SetWeights

@@ -54,6 +54,7 @@ class ExtraHotkey(Section):
     port: int
     hotkey: str
     name: str | None = None  # wallet name; defaults to wallet.name
+    external_port: int | None = None  # port announced on chain; None means port
 
 
 class ChainConfig(Section):
@@ -63,6 +64,11 @@ class ChainConfig(Section):
     sync_interval_s: float = 120.0
     # The miner records its own incentive/trust/consensus/emission into history this often (0 = off).
     metrics_interval_s: float = 300.0
+    # finney/test: ServeAxon for every served hotkey at start, and again when the chain shows another
+    # address (checked this often); never twice within announce_min_gap_s (the chain's serving rate limit).
+    announce: bool = True
+    announce_check_s: float = 60.0
+    announce_min_gap_s: float = 600.0
 
 
 class GuardConfig(Section):
