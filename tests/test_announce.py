@@ -146,7 +146,7 @@ def test_announce_address_rules() -> None:
     assert announce_address("0.0.0.0", 8091, "203.0.113.7") == ("203.0.113.7", 8091)
     assert announce_address("10.1.2.3", 8091) == ("10.1.2.3", 8091)  # the bind address (a warning: private)
     assert announce_address("0.0.0.0", 8091, "[2001:db8::1]", 443) == ("2001:db8::1", 443)
-    with pytest.raises(AnnounceConfigError, match="set server.external_ip"):
+    with pytest.raises(AnnounceConfigError, match=r"set server\.external_ip"):
         announce_address("0.0.0.0", 8091)
     with pytest.raises(AnnounceConfigError, match="not a host name"):
         announce_address("0.0.0.0", 8091, "miner.example.org")

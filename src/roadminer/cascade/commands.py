@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
             payloads.append(payload)
             rgb.append(decode_rgb(payload, ImagePolicy()))
             labels.append(samples[i].label)
-        router = EarlyExitRouter.from_config(settings.cascade)
+        router = EarlyExitRouter.from_settings(settings)
         router.warmup()
         probs, cost = collect_tier_outputs(router, rgb, payloads)
         ok = np.all(np.isfinite(probs), axis=1)
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
             from roadminer.cascade.router import EarlyExitRouter
             from roadminer.training.evaluate import evaluate_router
 
-            router = EarlyExitRouter.from_config(settings.cascade)
+            router = EarlyExitRouter.from_settings(settings)
             result = evaluate_router(router, samples, lv, seed=seed, batch_size=batch_size)
             result["cascade"] = router.describe()
         result = jsonable(result)

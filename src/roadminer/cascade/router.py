@@ -96,6 +96,22 @@ class EarlyExitRouter:
         return cls(tiers, weights, conf, cfg.temperature, cfg.bias, cfg.threshold, consensus=consensus,
                    no_exit_on_disagreement=cfg.no_exit_on_disagreement, low_light_below=cfg.low_light_below)
 
+    @classmethod
+    def from_settings(cls, settings: Any, cascade: CascadeConfig | None = None) -> EarlyExitRouter:
+        """The cascade (``cascade``, default ``settings.cascade``) with ``settings.device`` resolved and
+        handed to every tier, classifiers on the engine ``cascade.engine`` picks for that device."""
+        from roadminer.models.placement import Placement, resolve_device
+
+        cfg = cascade or settings.cascade
+        threads = None
+        workers = int(getattr(settings.server, "workers", 1) or 1)
+        if workers > 1:  # worker processes share the cores: one engine thread pool each, not N
+            import os
+
+            threads = max(1, (os.cpu_count() or 1) // workers)
+        placement = Placement(resolve_device(settings.device), cfg.engine, threads)
+        return cls.from_config(cfg, placement=placement)
+
     @property
     def version(self) -> str:
         v = "+".join(f"{t.name}:{t.version}" for t in self.tiers)

@@ -48,6 +48,9 @@ class ServerConfig(Section):
     # Public IP/port announced on chain (ServeAxon); None means use host/port.
     external_ip: str | None = None
     external_port: int | None = None
+    # Miner processes sharing the port(s) through SO_REUSEPORT, each with its own model; more than one
+    # needs state.backend: redis so that every worker sees every nonce (roadminer.serving.workers).
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class ExtraHotkey(Section):
@@ -255,6 +258,9 @@ def _default_tiers() -> list[TierConfig]:
 
 class CascadeConfig(Section):
     tiers: list[TierConfig] = Field(default_factory=_default_tiers)
+    # Engine of the classifier tiers: auto = fast (nvJPEG + fp16 + CUDA graphs) on CUDA, ONNX Runtime on the
+    # CPU when installed, else torch (roadminer.models.placement).
+    engine: Literal["auto", "torch", "onnx", "fast"] = "auto"
     # Decision threshold on the calibrated probability (validator rounds: 0.5 -> "no roadwork").
     # Identity by default: the fitted consensus (stacking) is the calibration. For Lite0 alone, stage 0 of
     # cascade_consensus.json is its calibration (temperature 1/0.479, bias 0.161; docs/model_card.md).
@@ -366,7 +372,7 @@ class Settings(BaseSettings):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
-    device: str = "cpu"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: where every tier runs (roadminer.models.placement)
 
     @classmethod
     def settings_customise_sources(

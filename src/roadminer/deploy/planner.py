@@ -126,6 +126,8 @@ class TierMemory:
     kv_gib: float
     pinned_gpu: int | None = None
     gpu: int | None = None  # placement
+    copies: int = 1  # one per miner worker process (the numbers above are for all copies)
+    measured: bool = False  # read from the loaded tier (plan_loaded), not estimated from the options
 
     @property
     def total_gib(self) -> float:
@@ -367,14 +369,135 @@ def make_plan(
         if detected
         else 80.0
     )
-    default_device = "cuda" if str(device or settings.device).startswith("cuda") else "cpu"
+    default_device = _default_device(device or settings.device)
     batch = settings.batcher.max_batch
-    tiers = [tier_memory(t, batch, default_device, mem) for t in settings.cascade.tiers if t.enabled]
+    copies = _copies(settings)
+    tiers = [
+        _replicate(tier_memory(t, batch, default_device, mem), copies) for t in settings.cascade.tiers if t.enabled
+    ]
     return pack(tiers, n, mem, overhead_gib=cfg.cuda_context_gb, reserve_gib=cfg.reserve_gb)
 
 
-def check_plan(settings: Settings) -> Plan:
-    """Start-up guard: raise :class:`PlanError` when the configured tiers over-commit a GPU.
+def _default_device(device: str) -> str:
+    d = str(device or "auto").lower()
+    if d == "auto":  # the device the miner will resolve to
+        gpus = _detect_gpus()
+        return "cuda" if gpus else "cpu"
+    return "cuda" if d.startswith("cuda") else "cpu"
+
+
+def _copies(settings: Settings) -> int:
+    """Model copies per tier: each miner worker process (``server.workers``) loads its own."""
+    return max(1, int(getattr(settings.server, "workers", 1) or 1))
+
+
+def _replicate(mem: TierMemory, copies: int) -> TierMemory:
+    if copies > 1 and mem.device == "gpu":
+        mem.weights_gib *= copies
+        mem.activations_gib *= copies
+        mem.kv_gib *= copies
+        mem.copies = copies
+    return mem
+
+
+_TORCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int8": "int8",
+                 "uint8": "int8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8"}
+
+
+def tier_footprint(tier: Any) -> dict[str, Any] | None:
+    """What a built tier holds: ``device`` (``cpu``/``cuda``/``cuda:N``), ``dtype``, ``params`` and weight
+    ``bytes``, read from its torch modules (or its own ``footprint()``); None when it holds none (a colour
+    rule, a remote VLM server)."""
+    own = getattr(tier, "footprint", None)
+    if callable(own):
+        return own()
+    return module_footprint(*_modules_of(tier))
+
+
+def _modules_of(tier: Any) -> list[Any]:
+    found = []
+    for holder in (getattr(tier, "engine", None), tier):
+        if holder is None:
+            continue
+        for attr in ("head", "module", "model"):
+            m = getattr(holder, attr, None)
+            if m is not None and callable(getattr(m, "parameters", None)) and m not in found:
+                found.append(m)
+    return found[:1]
+
+
+def module_footprint(*modules: Any) -> dict[str, Any] | None:
+    """Device, most common parameter dtype, parameter count and bytes (parameters + buffers) of modules."""
+    params = 0
+    nbytes = 0
+    dtypes: dict[str, int] = {}
+    device = None
+    for m in modules:
+        try:
+            weights, buffers = list(m.parameters()), list(m.buffers())
+        except Exception:  # not a torch module after all
+            continue
+        for t in weights:
+            n = int(t.numel())
+            params += n
+            nbytes += n * int(t.element_size())
+            name = str(t.dtype).replace("torch.", "")
+            dtypes[name] = dtypes.get(name, 0) + n
+            device = device or str(t.device)
+        for t in buffers:
+            nbytes += int(t.numel()) * int(t.element_size())
+            device = device or str(t.device)
+    if device is None:
+        return None
+    dtype = max(dtypes, key=lambda k: dtypes[k]) if dtypes else "float32"
+    return {"device": device, "dtype": _TORCH_DTYPES.get(dtype, dtype), "params": float(params),
+            "bytes": float(nbytes)}
+
+
+def plan_loaded(
+    settings: Settings, predictor: Any, gpus: int | None = None, gpu_mem_gib: float | None = None
+) -> Plan:
+    """Plan what really runs: the tiers the cascade built (disabled and skipped ones book nothing), each
+    at the device, dtype and parameter count read from its loaded modules; activations and KV cache come
+    from the configured estimates. Worker processes (``server.workers``) each hold a copy."""
+    cfg = settings.plan
+    base = make_plan(settings, gpus=gpus, gpu_mem_gib=gpu_mem_gib)
+    n, mem = len(base.gpus), base.gpu_mem_gib
+    estimates = {t.name: t for t in base.tiers}
+    copies = _copies(settings)
+    out: list[TierMemory] = []
+    built = list(getattr(predictor, "tiers", None) or [predictor])
+    for tier in built:
+        name = str(getattr(tier, "name", type(tier).__name__))
+        est = estimates.get(name)
+        fp = tier_footprint(tier)
+        if est is None:
+            est = TierMemory(name, type(tier).__name__, "cpu", "fp32", 0.0, settings.batcher.max_batch, 0.0, 0.0, 0.0)
+        if est.copies > 1:  # undo make_plan's replication: this tier is re-booked from what it holds
+            est.weights_gib /= est.copies
+            est.activations_gib /= est.copies
+            est.kv_gib /= est.copies
+            est.copies = 1
+        if fp is not None:
+            dev = str(fp["device"])
+            on_gpu = dev.startswith("cuda")
+            est.device = "gpu" if on_gpu else "cpu"
+            est.dtype = str(fp["dtype"])
+            est.params = float(fp["params"])
+            est.weights_gib = float(fp["bytes"]) / GIB
+            est.pinned_gpu = int(dev.split(":", 1)[1]) if on_gpu and ":" in dev else (0 if on_gpu else None)
+            if not on_gpu:
+                est.activations_gib = est.kv_gib = 0.0
+        est.gpu = None
+        est.measured = fp is not None
+        out.append(_replicate(est, copies))
+    return pack(out, n, mem, overhead_gib=cfg.cuda_context_gb, reserve_gib=cfg.reserve_gb)
+
+
+def check_plan(settings: Settings, predictor: Any = None) -> Plan:
+    """Start-up guard: raise :class:`PlanError` when the tiers over-commit a GPU. Before the models load
+    (``predictor`` None) the configured estimates are checked; after (``predictor``: the built cascade)
+    what the loaded tiers hold.
 
     Nothing to check on a CPU-only configuration; ``plan.enforce: false`` only logs the problem.
     """
@@ -382,7 +505,7 @@ def check_plan(settings: Settings) -> Plan:
 
     from roadminer.core.metrics import GPU_CAPACITY, GPU_PLANNED
 
-    plan = make_plan(settings)
+    plan = make_plan(settings) if predictor is None else plan_loaded(settings, predictor)
     if not any(t.device == "gpu" for t in plan.tiers):
         return plan
     for g in plan.gpus:

@@ -264,7 +264,7 @@ def build_router(
     from roadminer.cascade.router import EarlyExitRouter
 
     cascade = registry.apply(settings.cascade, overrides) if registry is not None else settings.cascade
-    router = EarlyExitRouter.from_config(cascade)
+    router = EarlyExitRouter.from_settings(settings, cascade)
     if warmup:
         router.warmup()
     return router

@@ -147,10 +147,13 @@ _KIND_MODULES: dict[str, str] = {
 }
 
 
-def build_tier(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Tier:
+def build_tier(kind: str, name: str, options: dict[str, Any] | None = None, *, placement: Any = None,
+               **context: Any) -> Tier:
     """A tier of ``kind`` built from its options, checked against the kind's typed options first (an
-    unknown or ill-typed option is a ``ValueError`` naming it). ``context``: objects handed to the
-    constructor from code (a loaded model), never from a configuration file."""
+    unknown or ill-typed option is a ``ValueError`` naming it). ``placement`` (the cascade builder's
+    ``models.placement.Placement``): where the tier runs, filling what its options leave open (a
+    ``device`` of None; the classifiers' engine). ``context``: objects handed to the constructor from code
+    (a loaded model), never from a configuration file."""
     _load_builtin_tiers(kind)
     if kind not in _REGISTRY:
         raise KeyError(f"unknown tier kind {kind!r}; known: {sorted(set(_REGISTRY) | set(_KIND_MODULES))}")
@@ -160,7 +163,10 @@ def build_tier(kind: str, name: str, options: dict[str, Any] | None = None, **co
         problems = "; ".join(f"options.{dotted(err['loc'])}: {plain_message(err['msg'])}"
                              for err in e.errors(include_url=False))
         raise ValueError(f"tier {name!r} ({kind}): {problems}") from None
-    return _REGISTRY[kind](name=name, **typed.tier_kwargs(), **context)
+    kwargs = typed.tier_kwargs()
+    if placement is not None:
+        kwargs = placement.tier_kwargs(kind, typed, kwargs)
+    return _REGISTRY[kind](name=name, **kwargs, **context)
 
 
 def _load_builtin_tiers(kind: str | None = None) -> None:

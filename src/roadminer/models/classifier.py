@@ -249,4 +249,8 @@ class ClassifierTier(Tier):
 
 @register_tier("classifier")
 def _factory(name: str, **options: Any) -> Tier:
-    return ClassifierTier(name=name, **options)
+    # device / engine come from the cascade builder (EarlyExitRouter.from_settings); without them this is
+    # the torch tier on the CPU.
+    from roadminer.models.placement import build_classifier_tier
+
+    return build_classifier_tier(name, **options)

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import pybase64
 import torch
-import torch.nn.functional as F
 from loguru import logger
 from torch import nn
 
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg
 from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
+from roadminer.imaging.resize import resize_hwc_uint8, resize_nchw_uint8
 
 
 def b64_to_bytes(s: str | bytes) -> bytes:
@@ -558,17 +558,14 @@ def decode_into(raw: bytes, out: np.ndarray, size: int, policy: ImagePolicy) -> 
 
 
 def _fit_hwc(img: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> size x size x 3 (antialiased bilinear when the size differs)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return np.require(img, np.uint8, ["C", "W"])
-    t = torch.from_numpy(np.require(img, np.uint8, ["C", "W"])).permute(2, 0, 1).unsqueeze(0)
-    return _resize_uint8(t, size)[0].permute(1, 2, 0).contiguous().numpy()
+    """HxWx3 uint8 -> size x size x 3 (Pillow's bilinear resize when the size differs, as the torch
+    classifier tier and training resize)."""
+    return resize_hwc_uint8(img, size)
 
 
 def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """NCHW uint8 -> NCHW uint8 of size x size (antialiased bilinear, like PIL's resize)."""
-    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
+    """NCHW uint8 -> NCHW uint8 of size x size on the tensor's device (Pillow's bilinear arithmetic)."""
+    return resize_nchw_uint8(x, size, size)
 
 
 class EngineTier(Tier):
