@@ -79,7 +79,8 @@ def test_device_reaches_every_tier_kind() -> None:
 def _photos(root: Path, n: int = 30) -> list[bytes]:
     """``n`` challenges (validator augmentation levels 0-3, JPEG q75, 224x224) from real photos, both labels
     and every source."""
-    rows = list(csv.DictReader(open(root / "manifest.csv")))
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     for r in rows:
         groups.setdefault((r["label"], r["source"]), []).append(r)
