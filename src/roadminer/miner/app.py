@@ -72,8 +72,6 @@ def build_app(
         if chain is None:
             raise ValueError("build_app needs a chain view")
         backend = MinerBackend.build(settings, backend, chain, **backend_kwargs)
-    import bittensor.http_auth  # noqa: F401 - load the SDK now, not on the first btauth request
-
     routes = MinerRoutes(backend, signer, port)
     # The body limit is enforced by the routes (413 in each protocol's format); aiohttp's own limit
     # is a backstop only.

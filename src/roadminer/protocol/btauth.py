@@ -9,6 +9,8 @@ blocks on the store and forged traffic never writes to it.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -78,6 +80,19 @@ class _CaptureStore:
         return True
 
 
+_http_auth: Any = None
+
+
+async def load_http_auth() -> Any:
+    """``bittensor.http_auth``, imported on the first btauth/1 request, in a thread: importing it loads the
+    whole bittensor SDK (about 0.8 s), which an SN72-only miner never needs and the event loop must not
+    wait for."""
+    global _http_auth
+    if _http_auth is None:
+        _http_auth = await asyncio.to_thread(importlib.import_module, "bittensor.http_auth")
+    return _http_auth
+
+
 def claimed_hotkey(headers: Mapping[str, str]) -> str | None:
     """The sender hotkey the headers claim (unauthenticated; for blacklisting before the body)."""
     for k, v in headers.items():
@@ -99,7 +114,7 @@ async def verify_request(
     now_ns: int | None = None,
 ) -> str:
     """Returns the authenticated caller hotkey or raises ``BtAuthError(401, ...)``."""
-    from bittensor import http_auth
+    http_auth = await load_http_auth()
 
     capture = _CaptureStore(getattr(nonce_store, "retention", None))
     try:

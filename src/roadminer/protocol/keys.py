@@ -146,8 +146,27 @@ def load_wallet(path: str, name: str, hotkey: str, create_if_missing: bool = Tru
     return wallet
 
 
+def read_hotkey_file(ref: WalletRef) -> HotkeySigner | None:
+    """The hotkey of an existing unencrypted keyfile (bittensor's JSON format), read through the small
+    ``bittensor_core`` binding; None when the file is missing or encrypted (then the SDK's ``Wallet``
+    opens it, with its password handling)."""
+    path = ref.hotkey_file()
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    if _core.keyfile_data_is_encrypted(data):
+        return None
+    return HotkeySigner(_core.deserialize_keypair_from_keyfile_data(data))
+
+
 def load_signer(path: str, name: str, hotkey: str, create_if_missing: bool = True) -> HotkeySigner:
-    """The wallet's hotkey as a signer. ``hotkey`` may also be a dev URI such as ``//Alice``."""
+    """The wallet's hotkey as a signer. ``hotkey`` may also be a dev URI such as ``//Alice``.
+
+    An existing unencrypted hotkey is read without the bittensor SDK (an SN72 miner never imports it);
+    creating one, or opening an encrypted one, goes through the SDK's ``Wallet``."""
     if hotkey.startswith("//"):
         return HotkeySigner.from_uri(hotkey)
+    signer = read_hotkey_file(WalletRef(path, name, hotkey))
+    if signer is not None:
+        return signer
     return HotkeySigner.from_wallet(load_wallet(path, name, hotkey, create_if_missing))
