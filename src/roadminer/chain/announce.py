@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from roadminer.aio import cancel_and_wait
 from roadminer.chain.base import NeuronInfo
+from roadminer.core.aio import cancel_and_wait
 
 # ServeAxon's protocol tag; bittensor's Axon always published 4.
 AXON_PROTOCOL = 4

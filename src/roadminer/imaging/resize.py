@@ -10,7 +10,7 @@ two separable passes with Pillow's rounding and clipping after each pass.
 
 Pillow runs the horizontal pass first for resizes that scale both axes alike (every square-to-square
 resize, which is what challenges are: 224x224) and the result is bit-exact there
-(``tests/test_placement.py``). For inputs whose two axes scale very differently Pillow may choose the
+(``tests/unit/models/test_placement.py``). For inputs whose two axes scale very differently Pillow may choose the
 vertical pass first; then a few pixels can differ by one grey level. CPU paths call Pillow itself.
 """
 

@@ -7,15 +7,15 @@ hands it to every tier it builds; a tier's own ``device`` option still wins (to 
 Classifier tiers (kind ``classifier``: one saved safetensors classifier each) run on an engine chosen by
 ``cascade.engine``:
 
-* ``fast`` — ``FastImageEngine`` (``models/fast_gpu.py``): nvJPEG decode, fp16, CUDA graphs; the default
+* ``fast`` — ``FastImageEngine`` (``models/engines/fast_gpu.py``): nvJPEG decode, fp16, CUDA graphs; the default
   on CUDA;
-* ``onnx`` — ``OnnxCpuEngine`` (``models/onnx_cpu.py``): the same weights exported to ONNX (cached by
+* ``onnx`` — ``OnnxCpuEngine`` (``models/engines/onnx_cpu.py``): the same weights exported to ONNX (cached by
   weight hash under ``~/.cache/roadminer/onnx``) and run by ONNX Runtime; the default on the CPU when
   ``onnxruntime`` is installed;
 * ``torch`` — ``ClassifierTier``: plain PyTorch on the device; the CPU default without ``onnxruntime``,
   and what ``auto`` falls back to (with a warning naming the reason) when an ONNX export fails.
 
-All three answer within 0.01 of each other on real photos (``tests/test_placement.py``): the engines
+All three answer within 0.01 of each other on real photos (``tests/unit/models/test_placement.py``): the engines
 resize with antialiased bilinear interpolation where the torch tier uses PIL's bilinear resize.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from loguru import logger
 
-from roadminer.cascade.tiers import Tier
+from roadminer.models.base import Tier
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 ENGINES = ("auto", "torch", "onnx", "fast")
@@ -118,7 +118,7 @@ def choose_engine(device: str, engine: str = "auto") -> str:
 def resolve_weights(weights: str | Path | None) -> Path:
     """A classifier weights path: absolute or relative to the working directory, else a file name in the
     shipped models folder; the shipped default model when None."""
-    from roadminer.config import ASSETS_DIR
+    from roadminer.core.config import ASSETS_DIR
 
     models = ASSETS_DIR / "models"
     path = Path(weights) if weights else models / DEFAULT_WEIGHTS
@@ -152,7 +152,7 @@ def build_classifier_tier(
         return ClassifierTier(name=name, weights=path, device=dev, batch_size=batch_size, threads=threads,
                               tta_flip=tta_flip)
     try:
-        from roadminer.models.engine_classifier import EngineClassifierTier
+        from roadminer.models.engines.classifier import EngineClassifierTier
 
         return EngineClassifierTier(name, path, chosen, dev, batch_size=batch_size, threads=threads)
     except (FileNotFoundError, PlacementError):

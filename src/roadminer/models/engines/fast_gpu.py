@@ -40,8 +40,8 @@ from loguru import logger
 from torch import nn
 
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg
-from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 from roadminer.imaging.resize import resize_hwc_uint8, resize_nchw_uint8
+from roadminer.models.base import ImageBatch, Tier, TierOutput, clip_prob, register_tier
 
 
 def b64_to_bytes(s: str | bytes) -> bytes:

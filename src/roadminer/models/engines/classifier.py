@@ -1,4 +1,4 @@
-"""Classifier tiers on the fast engines: a saved classifier (``models/classifier.py`` format) run by
+"""Classifier tiers on the fast engines: a saved classifier (``roadminer.models.classifier`` format) run by
 ``FastImageEngine`` (CUDA: nvJPEG, fp16, CUDA graphs) or ``OnnxCpuEngine`` (ONNX Runtime on the CPU).
 ``roadminer.models.placement.build_classifier_tier`` chooses between these and the torch tier."""
 
@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from roadminer.models.classifier import load_classifier
-from roadminer.models.fast_gpu import LITE_MEAN, LITE_STD, Backbone, EngineTier, FastImageEngine
-from roadminer.models.onnx_cpu import OnnxCpuEngine
+from roadminer.models.engines.fast_gpu import LITE_MEAN, LITE_STD, Backbone, EngineTier, FastImageEngine
+from roadminer.models.engines.onnx_cpu import OnnxCpuEngine
+from roadminer.models.footprint import module_footprint
 from roadminer.models.placement import PlacementError
-from roadminer.ops.planner import module_footprint
 
 
 class EngineClassifierTier(EngineTier):

@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 from roadminer.cascade.router import EarlyExitRouter
-from roadminer.cascade.tiers import ImageBatch
-from roadminer.config import Settings
+from roadminer.core.config import Settings
+from roadminer.deploy.planner import GIB, check_plan, plan_loaded
 from roadminer.imaging.augment import challenge_jpeg
 from roadminer.imaging.decode import ImagePolicy, decode_rgb
 from roadminer.imaging.resize import pil_bilinear_taps, resize_nchw_uint8
+from roadminer.models.base import ImageBatch
+from roadminer.models.footprint import tier_footprint
 from roadminer.models.placement import PlacementError, choose_engine, resolve_device
-from roadminer.ops.planner import GIB, check_plan, plan_loaded, tier_footprint
 
 HAS_ONNX = importlib.util.find_spec("onnxruntime") is not None
 CUDA = torch.cuda.is_available()
@@ -206,7 +207,7 @@ def test_planner_books_what_the_loaded_tiers_hold() -> None:
 def test_planner_books_one_copy_per_worker_process() -> None:
     one = Settings(device="cuda", plan={"gpus": 1, "gpu_mem_gb": 80})
     three = Settings(device="cuda", server={"workers": 3}, plan={"gpus": 1, "gpu_mem_gb": 80})
-    from roadminer.ops.planner import make_plan
+    from roadminer.deploy.planner import make_plan
 
     a, b = make_plan(one), make_plan(three)
     for x, y in zip(a.tiers, b.tiers, strict=True):

@@ -1,7 +1,7 @@
 """Axon announcement through bittensor 11: the ServeAxon call as the SDK composes and signs it.
 
 The chain view is the real ``Bittensor11ChainView`` over the SDK's real ``Client`` (intent build, executor,
-signer resolution, metagraph decoding); only the substrate below the SDK is in memory (``_bt11_chain``).
+signer resolution, metagraph decoding); only the substrate below the SDK is in memory (``testkit.bt11_chain``).
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import ipaddress
 
 import pytest
 
-from _bt11_chain import InMemorySubnet
 from roadminer.chain.announce import AnnounceConfigError, AxonAnnouncer, announce_address, build_announcer
 from roadminer.chain.bittensor11 import Bittensor11ChainView
-from roadminer.config import Settings
+from roadminer.core.config import Settings
 from roadminer.protocol.keys import HotkeySigner
+from testkit.bt11_chain import InMemorySubnet
 
 EVE = HotkeySigner.from_uri("//Eve")
 EVE2 = HotkeySigner.from_uri("//Eve//2")
@@ -155,8 +155,8 @@ def test_announce_address_rules() -> None:
 
 
 async def test_local_chain_has_nothing_to_announce(tmp_path) -> None:
-    from _miner_helpers import write_chain
     from roadminer.chain.local import LocalChainView
+    from testkit.miner import write_chain
 
     view = LocalChainView(str(write_chain(tmp_path / "chain.yaml")), netuid=72)
     assert build_announcer(view, Settings(), [(EVE, 8091)], version=10) is None

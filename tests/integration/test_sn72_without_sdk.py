@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from _miner_helpers import write_chain
+from testkit.miner import write_chain
 
 SCRIPT = textwrap.dedent(
     """
@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent(
     import aiohttp
 
     async def main(wallet_dir, chain_file):
-        from roadminer.config import Settings
-        from roadminer.serving.app import start_miner
+        from roadminer.core.config import Settings
+        from roadminer.miner.run import start_miner
 
         settings = Settings(
             wallet={"path": wallet_dir, "name": "miner", "hotkey": "hot", "create_if_missing": False},
@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
         out = {"after_start": "bittensor" in sys.modules, "hotkey": miner.hotkeys[0]}
         from roadminer.protocol import sn72
         from roadminer.protocol.keys import HotkeySigner
-        from _miner_helpers import jpeg_b64
+        from testkit.miner import jpeg_b64
 
         alice = HotkeySigner.from_uri("//Alice")
         async with aiohttp.ClientSession() as session:
@@ -67,7 +67,7 @@ def test_sn72_miner_runs_without_importing_bittensor(tmp_path: Path) -> None:
     chain = write_chain(tmp_path / "chain.yaml")
     script = tmp_path / "serve.py"
     script.write_text(SCRIPT)
-    env_path = [str(Path(__file__).parent), *sys.path]
+    env_path = [str(Path(__file__).parents[1]), *sys.path]
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "wallets"), str(chain)],
         capture_output=True, text=True, timeout=120,
