@@ -87,6 +87,8 @@ class MinerBackend:
     policy: ImagePolicy = field(default_factory=ImagePolicy)
     state: StateLayer | None = None
     started_at: float = field(default_factory=time.time)
+    announcer: Any = None  # roadminer.chain.announce.AxonAnnouncer when the chain publishes axons
+    worker: tuple[int, int] | None = None  # (index, count) of this process among server.workers
     _decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="roadminer-decode")
     )

@@ -30,10 +30,16 @@ def miner_overrides(port: int | None, host: str | None, chain: str | None, allow
 
 
 async def serve(settings: Any) -> None:
-    """Run the miner until SIGINT/SIGTERM."""
-    from roadminer.miner.run import start_miner
+    """Run the miner (``server.workers`` processes when more than one) until SIGINT/SIGTERM."""
+    if settings.server.workers > 1:
+        from roadminer.miner.workers import WorkerPool
 
-    miner = await start_miner(settings)
+        miner: Any = WorkerPool(settings)
+        await miner.start()
+    else:
+        from roadminer.miner.run import start_miner
+
+        miner = await start_miner(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,10 +83,15 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(cfg_file, overrides)
         if settings.logging.file or settings.logging.json_logs:
             setup_logging(settings.logging.level, settings.logging.file, settings.logging.json_logs)
+        from roadminer.chain.announce import AnnounceConfigError
         from roadminer.deploy.planner import PlanError
+        from roadminer.miner.workers import WorkersConfigError
+        from roadminer.models.placement import PlacementError
 
         try:
             asyncio.run(serve(settings))
-        except PlanError as e:  # an over-committed GPU: say why, start nothing
+        except (PlanError, AnnounceConfigError, PlacementError, WorkersConfigError) as e:
+            # an over-committed GPU, an address that cannot be announced, a device that is not there,
+            # workers without a shared state: say why, start nothing
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from roadminer import __version__
+from roadminer import __spec_version__, __version__
 from roadminer.chain.base import ChainView
 from roadminer.core.config import Settings
 from roadminer.miner.app import ROUTES_KEY, build_app
@@ -39,6 +39,7 @@ class RunningMiner:
     state: StateLayer | None = None
     watcher: Any = None  # roadminer.miner.reload.ModelWatcher when following the registry
     chain_metrics: ChainMetricsRecorder | None = None
+    announcer: Any = None  # roadminer.chain.announce.AxonAnnouncer on finney/test
 
     @property
     def url(self) -> str:
@@ -69,9 +70,19 @@ def load_signers(settings: Settings) -> list[tuple[int, HotkeySigner]]:
 def build_predictor(settings: Settings) -> Any:
     from roadminer.cascade.router import EarlyExitRouter
 
-    router = EarlyExitRouter.from_config(settings.cascade)
+    router = EarlyExitRouter.from_settings(settings)  # settings.device reaches every tier
     router.warmup()
     return router
+
+
+def check_announce_config(settings: Settings) -> None:
+    """Refuse (``AnnounceConfigError``) an address that could not be announced on a bittensor chain."""
+    if settings.chain.network == "local" or not settings.chain.announce:
+        return
+    from roadminer.chain.announce import announce_address
+
+    srv = settings.server
+    announce_address(srv.host, srv.port or 1, srv.external_ip, srv.external_port)
 
 
 async def start_miner(
@@ -82,12 +93,21 @@ async def start_miner(
     signers: list[tuple[int, HotkeySigner]] | None = None,
     nonces: NonceStore | None = None,
     state: StateLayer | None = None,
+    reuse_port: bool = False,
+    worker_index: int | None = None,
 ) -> RunningMiner:
     """Start the miner's apps (one per hotkey/port; port 0 picks a free one) over one shared backend.
 
     Injected ``predictor``/``chain``/``signers``/``nonces``/``state`` replace what the settings would
     build (injected ones are not closed by ``stop``). Without an injected predictor the GPU memory plan is
-    checked first (``PlanError`` on an over-committed GPU) and the model registry is followed live.
+    checked first (``PlanError`` on an over-committed GPU), again with what the loaded tiers hold, and the
+    model registry is followed live.
+
+    ``reuse_port``/``worker_index``: this process is worker ``worker_index`` of ``server.workers`` sharing
+    the ports (SO_REUSEPORT, ``roadminer.miner.workers``); only worker 0 (or a lone miner) announces the
+    axon and records chain metrics. On finney/test every served hotkey's axon is announced
+    (``roadminer.chain.announce``); an address that cannot be announced refuses the start
+    (``AnnounceConfigError``) before any model loads.
     """
     from roadminer.chain.base import build_chain
     from roadminer.core.metrics import MODEL_INFO
@@ -96,6 +116,8 @@ async def start_miner(
     runners: list[web.AppRunner] = []
     try:
         follow_registry = predictor is None
+        lead = worker_index is None or worker_index == 0
+        check_announce_config(settings)
         if follow_registry:
             from roadminer.deploy.planner import check_plan
 
@@ -110,6 +132,11 @@ async def start_miner(
         if predictor is None:
             loop = asyncio.get_running_loop()
             predictor = await loop.run_in_executor(None, build_predictor, settings)
+            try:
+                check_plan(settings, predictor)  # what the loaded tiers really hold
+            except BaseException:
+                predictor.close()
+                raise
         b = settings.batcher
         batcher = MicroBatcher(predictor, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms, workers=b.workers)
         await batcher.start()
@@ -142,7 +169,8 @@ async def start_miner(
         owned.append(backend.close)
         info = backend.model_info()
         MODEL_INFO.info({"version": str(info["model_version"]), "roadminer": __version__})
-        recorder = ChainMetricsRecorder(chain, state, signers[0][1].ss58_address, settings.chain.metrics_interval_s)
+        recorder = ChainMetricsRecorder(chain, state, signers[0][1].ss58_address,
+                                        settings.chain.metrics_interval_s if lead else 0.0)
         recorder.start()
         owned.append(recorder.stop)
         from roadminer.chain.forensics import ForensicsRecorder  # per-epoch ratings and alerts
@@ -159,7 +187,7 @@ async def start_miner(
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             runners.append(runner)
-            site = web.TCPSite(runner, host, port, reuse_address=True)
+            site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
             await site.start()
             bound = runner.addresses[0][1] if runner.addresses else port
             runner.app[ROUTES_KEY].port = bound
@@ -173,6 +201,17 @@ async def start_miner(
                 sn72.ROUTE,
                 settings.server.btauth_route,
             )
+        announcer = None
+        if lead:
+            from roadminer.chain.announce import build_announcer
+
+            announcer = build_announcer(chain, settings, [(s, p) for (_, s), p in zip(signers, ports, strict=True)],
+                                        version=__spec_version__)
+            if announcer is not None:
+                await announcer.start()
+                owned.append(announcer.stop)
+        backend.announcer = announcer
+        backend.worker = (worker_index, int(settings.server.workers)) if worker_index is not None else None
         return RunningMiner(
             backend,
             runners,
@@ -184,6 +223,7 @@ async def start_miner(
             state=state,
             watcher=watcher,
             chain_metrics=recorder,
+            announcer=announcer,
         )
     except BaseException:
         for r in runners:

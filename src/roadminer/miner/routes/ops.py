@@ -38,7 +38,31 @@ def health_info(backend: MinerBackend, hotkey: str, port: int | None) -> dict[st
         "nonce_store": backend.nonces.describe(),
         "state": backend.state_info(),
         "routes": [sn72.ROUTE, backend.settings.server.btauth_route],
+        **axon_info(backend, hotkey),
+        "worker": worker_info(backend),
     }
+
+
+def axon_info(backend: MinerBackend, hotkey: str) -> dict[str, Any]:
+    """``announced`` and the axon address of ``hotkey`` (what ServeAxon published, or why not)."""
+    ann = backend.announcer
+    status = ann.status(hotkey) if ann is not None else None
+    if status is None:
+        if backend.worker is not None and backend.worker[0] != 0:
+            why = "announced by worker 0"
+        elif backend.chain.network == "local":
+            why = "local chain: nothing to announce"
+        else:
+            why = "announcing is off (chain.announce)"
+        return {"announced": False, "axon": {"announced": False, "reason": why}}
+    return {"announced": status.announced, "axon": status.to_dict()}
+
+
+def worker_info(backend: MinerBackend) -> dict[str, Any]:
+    import os
+
+    index, count = backend.worker if backend.worker is not None else (0, 1)
+    return {"index": index, "count": count, "pid": os.getpid()}
 
 
 async def metrics(request: web.Request) -> web.Response:
