@@ -1,5 +1,5 @@
-"""``roadminer bench``: throughput/latency of the fast tier, the miner over loopback HTTP and the
-reference-style baseline, in one run on one device."""
+"""``roadminer bench``: throughput/latency of the fast tier, the shipped cascade on each engine, the real
+miner over loopback HTTP and the reference-style baseline, in one run on one device."""
 
 from __future__ import annotations
 
@@ -20,10 +20,19 @@ def register(app: typer.Typer) -> None:
         seconds: Annotated[float, typer.Option("--seconds", help="measuring time per batch size")] = 2.0,
         baseline_images: Annotated[int, typer.Option("--baseline-images", help="images through the baseline")] = 100,
         http_requests: Annotated[int, typer.Option("--http-requests", help="requests per concurrency level")] = 400,
-        skip: Annotated[str, typer.Option("--skip", help="parts to skip, comma list: fast,http,baseline,decode")] = "",
+        skip: Annotated[str, typer.Option(
+            "--skip", help="parts to skip, comma list: fast,cascade,http,baseline,decode")] = "",
         cpu_variants: Annotated[str, typer.Option("--cpu-variants", help="CPU engines: torch,onnx,onnx-int8")] = (
             "torch,onnx,onnx-int8"
         ),
+        cascade_engines: Annotated[str | None, typer.Option(
+            "--cascade-engines", help="engines of the shipped cascade (default: fast,torch on CUDA; onnx,torch "
+            "on a CPU)")] = None,
+        images: Annotated[Path | None, typer.Option(
+            "--images", help="DIR with roadwork/ + no_roadwork/: validator-parity challenges from it "
+            "(default: drawn scenes)")] = None,
+        http_workers: Annotated[int, typer.Option("--http-workers", help="server.workers of the measured miner")] = 1,
+        redis_url: Annotated[str | None, typer.Option("--redis-url", help="Redis for --http-workers > 1")] = None,
     ) -> None:
         """Benchmark the fast path against the reference miner's ViT pipeline (same device, same run)."""
         from rich.console import Console
@@ -43,6 +52,8 @@ def register(app: typer.Typer) -> None:
             batch_sizes=tuple(int(x) for x in batch_sizes.split(",")) if batch_sizes else None,
             skip=tuple(x for x in skip.split(",") if x),
             cpu_variants=tuple(x for x in cpu_variants.split(",") if x),
+            cascade_engines=tuple(x for x in cascade_engines.split(",") if x) if cascade_engines else None,
+            images=str(images) if images else None, http_workers=http_workers, redis_url=redis_url,
         )
         console = Console()
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),

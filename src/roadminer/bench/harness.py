@@ -1,9 +1,19 @@
-"""Benchmark harness: the fast tier, the whole miner over loopback HTTP, and the reference-style
-baseline, measured in one run on one device.
+"""Benchmark harness, one run on one device:
 
-Inputs look like challenges: base64 of 224x224 RGB JPEGs at PIL quality 75, drawn street scenes
-(half with work-zone cues). Throughput is measured pipelined (the host work of the next batch overlaps
-the device work of the current one), from base64 strings to probabilities on the host.
+* the fast tier alone (EfficientNet-Lite0 on the device's engines: fast GPU engine, or torch / ONNX /
+  ONNX int8 on a CPU), pipelined (the host work of the next batch overlaps the device work of this one);
+* the shipped default cascade (Lite0, early exit, Lite2, fitted consensus) as the miner builds it for the
+  device (``EarlyExitRouter.from_settings``), once per classifier engine: fast and torch on CUDA, ONNX
+  Runtime and torch on a CPU; batch throughput and latency, the share of images that leave after the
+  first tier, and how far the engines' answers are apart;
+* the real miner (``start_miner``, shipped cascade, ``server.workers`` processes when asked) over
+  loopback HTTP, signed SN72 requests from concurrent clients: req/s, p50/p99, errors. When it cannot
+  start the bench fails with the reason;
+* the reference miner's way (a ViT-B/16 transformers pipeline, one image at a time), for the ratio.
+
+Inputs look like challenges: base64 of 224x224 RGB JPEGs at PIL quality 75: validator-parity
+challenges (levels 0-3) from an image folder (``--images``), or drawn street scenes (half with work-zone
+cues). From base64 strings to probabilities on the host, everything counted.
 """
 
 from __future__ import annotations
@@ -40,8 +50,12 @@ class BenchConfig:
     http_requests: int = 400  # per concurrency level
     http_concurrency: tuple[int, ...] = (1, 64)
     cpu_variants: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+    cascade_engines: tuple[str, ...] | None = None  # default: fast,torch on CUDA; onnx,torch on a CPU
+    images: str | None = None  # DIR with roadwork/ + no_roadwork/: validator-parity challenges from it
+    http_workers: int = 1  # server.workers of the measured miner (more than one needs redis_url)
+    redis_url: str | None = None
     seed: int = 0
-    skip: tuple[str, ...] = ()  # any of: fast, http, baseline, decode
+    skip: tuple[str, ...] = ()  # any of: fast, cascade, http, baseline, decode
 
     def resolved(self) -> BenchConfig:
         cfg = BenchConfig(**asdict(self))
@@ -58,12 +72,26 @@ class BenchConfig:
         elif cfg.device == "cpu":
             cfg.baseline_images = min(cfg.baseline_images, 24)
             cfg.http_requests = min(cfg.http_requests, 192)
+        if cfg.cascade_engines is None:
+            cfg.cascade_engines = ("fast", "torch") if cfg.device == "cuda" else ("onnx", "torch")
         return cfg
 
 
 # ---------------------------------------------------------------------------------------------- inputs
 def challenge_b64(n: int, seed: int = 0) -> list[str]:
     return [to_b64(r) for r in scene_jpegs(n, seed=seed)]
+
+
+def challenge_jpegs(n: int, images: str | None = None, seed: int = 0) -> tuple[list[bytes], str]:
+    """``n`` challenge JPEGs and where they came from: validator-parity challenges (label 50/50, level
+    U{0..3}, JPEG q75 224x224) drawn from ``images`` (roadwork/ + no_roadwork/), else drawn scenes."""
+    if not images:
+        return scene_jpegs(n, seed=seed), "drawn street scenes (roadminer.imaging.scenes)"
+    from roadminer.validator.challenges import FolderSource, make_challenge
+
+    source = FolderSource(images)
+    rng = np.random.default_rng(seed)
+    return [make_challenge(source, rng).jpeg for _ in range(n)], f"validator-parity challenges from {images}"
 
 
 def unique_variant(raw: bytes, tag: int) -> bytes:
@@ -263,26 +291,48 @@ class BenchError(RuntimeError):
     """The bench could not measure what it was asked to (the reason is in the message)."""
 
 
-def _real_miner(device: str, tier_kind: str, tier_options: dict[str, Any], port: int) -> Callable[[], Any]:
-    """Start the project's miner (``roadminer.miner.run.start_miner``) on loopback with the fast tier as
-    its one cascade tier, under a throwaway hotkey (no wallet files touched)."""
+def _real_miner(device: str, port: int, *, engine: str = "auto", tiers: list[dict[str, Any]] | None = None,
+                workers: int = 1, redis_url: str | None = None) -> Callable[[], Any]:
+    """Start the project's miner on loopback under a throwaway hotkey: ``start_miner`` (or a ``WorkerPool``
+    of ``workers`` processes sharing ``redis_url``), with the shipped default cascade placed on ``device``
+    (``tiers`` replaces it)."""
 
     async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
+        import tempfile
+
         from roadminer.core.config import load_settings
-        from roadminer.miner.run import start_miner
         from roadminer.protocol.keys import HotkeySigner
 
-        overrides = {
+        overrides: dict[str, Any] = {
             "server.host": "127.0.0.1", "server.port": port, "guards.allow_unregistered": True,
             "guards.require_validator_permit": False, "guards.min_stake": 0.0,
             "guards.rate_limit_per_minute": 10**9, "guards.rate_limit_burst": 10**9,
-            "guards.max_inflight": 4096,
-            "state.backend": "memory", "device": device, "batcher.max_wait_ms": 0.5,
-            "cascade.tiers": [{"name": "fast", "kind": tier_kind, "options": tier_options}],
+            "guards.max_inflight": 4096, "dashboard.on_miner": False,
+            "state.backend": "redis" if workers > 1 else "memory", "device": device, "batcher.max_wait_ms": 0.5,
+            "cascade.engine": engine, "server.workers": workers,
         }
+        if redis_url:
+            overrides["state.redis_url"] = redis_url
+        if tiers is not None:
+            overrides["cascade.tiers"] = tiers
+        if workers > 1:
+            from roadminer.miner.workers import WorkerPool
+
+            if not redis_url:
+                raise BenchError("--http-workers > 1 needs --redis-url (the workers share nonces through Redis)")
+            wallets = tempfile.mkdtemp(prefix="roadminer-bench-wallet-")  # a throwaway hotkey on disk
+            overrides.update({"wallet.path": wallets, "wallet.name": "bench", "wallet.hotkey": "miner"})
+            pool = WorkerPool(load_settings(None, overrides))
+            await pool.start()
+            info = {"server": f"roadminer.miner.workers.WorkerPool ({workers} processes, SO_REUSEPORT)",
+                    "signed": True, "axon_hotkey": pool.hotkeys[0], "workers": workers}
+            return f"http://127.0.0.1:{pool.ports[0]}", info, pool.stop
+        from roadminer.miner.run import start_miner
+
         settings = load_settings(None, overrides)
         miner = await start_miner(settings, signers=[(port, HotkeySigner.generate())])
-        info = {"server": "roadminer.miner.run.start_miner", "signed": True, "axon_hotkey": miner.hotkeys[0]}
+        info = {"server": "roadminer.miner.run.start_miner", "signed": True, "axon_hotkey": miner.hotkeys[0],
+                "workers": 1, "tiers": miner.backend.model_info()["tiers"]}
         return f"http://127.0.0.1:{port}", info, miner.stop
 
     return start
@@ -356,10 +406,12 @@ async def _http_load(b64: Sequence[str], concurrency: int, n: int, clients: Call
             "ms_mean": float(np.mean(lat)) * 1000}
 
 
-def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64: Sequence[str],
-                 concurrency: Sequence[int], n: int) -> dict[str, Any]:
-    """Signed SN72 requests over loopback HTTP to the real miner, at each concurrency level. Raises
-    ``BenchError`` with the reason when the miner cannot start (nothing else is measured instead)."""
+def measure_http(device: str, b64: Sequence[str], concurrency: Sequence[int], n: int, *, engine: str = "auto",
+                 tiers: list[dict[str, Any]] | None = None, workers: int = 1,
+                 redis_url: str | None = None) -> dict[str, Any]:
+    """Signed SN72 requests over loopback HTTP to the real miner (shipped cascade unless ``tiers``), at each
+    concurrency level. Raises ``BenchError`` with the reason when the miner cannot start (nothing else is
+    measured instead)."""
     import base64
 
     port = _free_port()
@@ -368,9 +420,12 @@ def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64:
     offsets = [sum(counts[:k]) + 8 * k for k in range(len(counts))]
     total = sum(counts) + 8 * len(counts)
     b64 = [to_b64(unique_variant(raws[i % len(raws)], i)) for i in range(total)]  # no cache hits
+    start = _real_miner(device, port, engine=engine, tiers=tiers, workers=workers, redis_url=redis_url)
     with contextlib.ExitStack() as stack:
         try:
-            srv = stack.enter_context(_ServerThread(_real_miner(device, tier_kind, tier_options, port)))
+            srv = stack.enter_context(_ServerThread(start))
+        except BenchError:
+            raise
         except Exception as e:
             raise BenchError(f"the miner could not start: {type(e).__name__}: {e}") from e
         result: dict[str, Any] = dict(srv.info)
@@ -378,6 +433,88 @@ def measure_http(device: str, tier_kind: str, tier_options: dict[str, Any], b64:
         result["levels"] = [asyncio.run(_http_load(b64, c, k, clients, off))
                             for c, k, off in zip(concurrency, counts, offsets, strict=True)]
     return result
+
+
+def measure_cascade(router: Any, b64: Sequence[str], batch_sizes: Sequence[int], seconds: float,
+                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The cascade from base64 strings (decoded to bytes, pixels decoded by the tiers that need them), batch
+    by batch: img/s, batch latency, and the share of images answered by the first tier alone."""
+    import pybase64
+
+    from roadminer.imaging.decode import ImagePolicy, decode_rgb
+    from roadminer.models.base import ImageBatch
+
+    policy = ImagePolicy()
+
+    def decoder(raw: bytes) -> Any:
+        return decode_rgb(raw, policy)
+
+    def run(batch: list[str]) -> Any:
+        raws = [pybase64.b64decode(s, validate=True) for s in batch]
+        return router.predict(ImageBatch(None, raws, [""] * len(raws), decoder=decoder))
+
+    rows = []
+    n_src = len(b64)
+    for bs in batch_sizes:
+        batches = [[b64[(k * bs + j) % n_src] for j in range(bs)] for k in range(max(1, n_src // bs) + 1)]
+        run(batches[0])  # this size's first call stays out of timing
+        lat: list[float] = []
+        images = first = 0
+        t0 = time.perf_counter()
+        k = 0
+        while k < 3 or time.perf_counter() - t0 < seconds:
+            t = time.perf_counter()
+            res = run(batches[k % len(batches)])
+            lat.append(time.perf_counter() - t)
+            images += len(res.exit_index)
+            first += int((res.exit_index == 0).sum())
+            k += 1
+        dt = time.perf_counter() - t0
+        row = {"batch": bs, "img_per_s": images / dt, "images": images, "seconds": dt,
+               "batch_ms_p50": _pct(lat, 50) * 1000, "batch_ms_p99": _pct(lat, 99) * 1000,
+               "first_tier_exit_share": first / max(1, images)}
+        rows.append(row)
+        if progress:
+            progress(f"batch {bs}: {row['img_per_s']:.0f} img/s, {row['batch_ms_p50']:.1f} ms/batch, "
+                     f"{100 * row['first_tier_exit_share']:.0f}% leave after tier 0")
+    return rows
+
+
+def cascade_variants(cfg: BenchConfig, b64: Sequence[str], say: Callable[[str], None]) -> dict[str, Any]:
+    """The shipped default cascade on each engine of ``cfg.cascade_engines``; answers compared to the first."""
+    import pybase64
+
+    from roadminer.cascade.router import EarlyExitRouter
+    from roadminer.core.config import Settings
+    from roadminer.imaging.decode import ImagePolicy, decode_rgb
+    from roadminer.models.base import ImageBatch
+
+    policy = ImagePolicy()
+    probe = [pybase64.b64decode(s) for s in b64[:64]]
+    out: dict[str, Any] = {}
+    ref = None
+    for engine in cfg.cascade_engines or ():
+        say(f"shipped cascade [{engine}] on {cfg.device}")
+        t = time.perf_counter()
+        router = EarlyExitRouter.from_settings(Settings(device=cfg.device, cascade={"engine": engine}))
+        router.warmup()
+        build_s = time.perf_counter() - t
+        try:
+            rows = measure_cascade(router, b64, cfg.batch_sizes or (1,), cfg.seconds, say)
+            full = router.predict(ImageBatch(None, probe, [""] * len(probe), decoder=lambda r: decode_rgb(r, policy)),
+                                  early_exit=False)
+            agree = None
+            if ref is None:
+                ref = full
+            else:
+                agree = {name: float(np.nanmax(np.abs(full.tier_probs[name] - ref.tier_probs[name])))
+                         for name in full.tier_probs}
+                agree["cascade"] = float(np.max(np.abs(full.prob - ref.prob)))
+            out[engine] = {"tiers": router.describe(), "version": router.version, "build_s": build_s,
+                           "rows": rows, "max_abs_diff_vs_first": agree}
+        finally:
+            router.close()
+    return out
 
 
 def _free_port() -> int:
@@ -394,6 +531,7 @@ class BenchResult:
     config: dict[str, Any]
     env: dict[str, Any]
     fast: dict[str, Any] = field(default_factory=dict)  # variant -> {"describe", "rows"}
+    cascade: dict[str, Any] = field(default_factory=dict)  # engine -> {"tiers", "rows", "max_abs_diff_vs_first"}
     decode: dict[str, Any] | None = None
     http: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
@@ -443,8 +581,9 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Ben
     cfg = cfg.resolved()
     say = say or (lambda m: logger.info(m))
     res = BenchResult(config=asdict(cfg), env=environment(cfg.device))
-    say(f"drawing {cfg.n_images} challenge images (JPEG q75, 224x224)")
-    raws = scene_jpegs(cfg.n_images, seed=cfg.seed)
+    say(f"making {cfg.n_images} challenge images (JPEG q75, 224x224)")
+    raws, origin = challenge_jpegs(cfg.n_images, cfg.images, seed=cfg.seed)
+    res.env["inputs"] = origin
     b64 = [to_b64(r) for r in raws]
     best_name, best_rate = None, 0.0
     engines: dict[str, Any] = {}
@@ -480,13 +619,12 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Ben
     for eng in engines.values():
         eng.close()
     engines.clear()
+    if "cascade" not in cfg.skip:
+        res.cascade = cascade_variants(cfg, b64, say)
     if "http" not in cfg.skip:
-        say("loopback HTTP through the miner")
-        if cfg.device == "cuda":
-            kind, opts = "fast_gpu", {"device": "cuda", "max_batch": 64}
-        else:
-            kind, opts = "onnx_cpu", {"int8": best_name == "onnx-int8", "max_batch": 64}
-        res.http = measure_http(cfg.device, kind, opts, b64, cfg.http_concurrency, cfg.http_requests)
+        say(f"loopback HTTP through the miner (shipped cascade, {cfg.http_workers} worker(s))")
+        res.http = measure_http(cfg.device, b64, cfg.http_concurrency, cfg.http_requests,
+                                workers=cfg.http_workers, redis_url=cfg.redis_url)
         for lv in res.http["levels"]:
             say(f"concurrency {lv['concurrency']}: p50 {lv['ms_p50']:.2f} ms, p99 {lv['ms_p99']:.2f} ms, "
                 f"{lv['req_per_s']:.0f} req/s, {lv['errors']} errors")
@@ -499,8 +637,13 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Ben
     if res.baseline and best_rate:
         summary["baseline_img_per_s"] = res.baseline["img_per_s"]
         summary["speedup_vs_baseline"] = best_rate / res.baseline["img_per_s"]
+    for engine, v in res.cascade.items():
+        top = max(v["rows"], key=lambda r: r["img_per_s"]) if v["rows"] else None
+        if top:
+            summary[f"cascade_{engine}_best_img_per_s"] = top["img_per_s"]
     if res.http:
         for lv in res.http["levels"]:
+            summary[f"http_c{lv['concurrency']}_req_per_s"] = lv["req_per_s"]
             summary[f"http_c{lv['concurrency']}_p50_ms"] = lv["ms_p50"]
             summary[f"http_c{lv['concurrency']}_p99_ms"] = lv["ms_p99"]
     summary["targets"] = _targets(cfg.device, summary)
@@ -535,6 +678,18 @@ def render(res: BenchResult) -> Any:
         for r in v["rows"]:
             t.add_row(str(r["batch"]), f"{r['img_per_s']:,.0f}", f"{r['batch_ms_p50']:.2f}",
                       f"{r['batch_ms_p99']:.2f}")
+        parts.append(t)
+    for engine, v in res.cascade.items():
+        t = Table(title=escape(f"shipped cascade [{engine}] base64 -> prob ({res.config['device']}; "
+                               f"tiers: {', '.join(d.get('engine', d.get('kind', '?')) for d in v['tiers'])})"))
+        for c in ("batch", "img/s", "batch p50 ms", "batch p99 ms", "tier-0 exits"):
+            t.add_column(c, justify="right")
+        for r in v["rows"]:
+            t.add_row(str(r["batch"]), f"{r['img_per_s']:,.1f}", f"{r['batch_ms_p50']:.2f}",
+                      f"{r['batch_ms_p99']:.2f}", f"{100 * r['first_tier_exit_share']:.0f}%")
+        if v["max_abs_diff_vs_first"]:
+            t.caption = "max |p - first engine's p|: " + ", ".join(
+                f"{k} {d:.2g}" for k, d in v["max_abs_diff_vs_first"].items())
         parts.append(t)
     if res.decode:
         t = Table(title=f"decode only / model only, batch {res.decode['batch']} (img/s)")
@@ -575,6 +730,16 @@ def markdown(res: dict[str, Any]) -> str:
                   "|---:|---:|---:|---:|"]
         lines += [f"| {r['batch']} | {r['img_per_s']:,.0f} | {r['batch_ms_p50']:.2f} | {r['batch_ms_p99']:.2f} |"
                   for r in v["rows"]]
+        lines.append("")
+    for engine, v in res.get("cascade", {}).items():
+        lines += [f"**shipped cascade `{engine}`** (base64 → prob; tiers: "
+                  f"{', '.join(str(d.get('engine', d.get('kind'))) for d in v['tiers'])})", "",
+                  "| batch | img/s | batch p50 ms | batch p99 ms | tier-0 exits |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['batch']} | {r['img_per_s']:,.1f} | {r['batch_ms_p50']:.2f} | {r['batch_ms_p99']:.2f} | "
+                  f"{100 * r['first_tier_exit_share']:.0f}% |" for r in v["rows"]]
+        if v.get("max_abs_diff_vs_first"):
+            lines += ["", "max \\|p − first engine's p\\|: " + ", ".join(
+                f"{k} {d:.2g}" for k, d in v["max_abs_diff_vs_first"].items())]
         lines.append("")
     dec = res.get("decode")
     if dec:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from roadminer.bench.harness import BenchConfig, BenchError, challenge_b64, measure_engine, measure_http, run_bench
+from roadminer.bench.harness import markdown as harness_markdown
 from roadminer.imaging.decode import ImageDecodeError, ImagePolicy, decode_rgb, encode_jpeg, to_b64
 from roadminer.imaging.scenes import draw_scene, scene_jpegs
 from roadminer.models.base import ImageBatch, build_tier
@@ -147,19 +148,30 @@ def test_run_bench_cpu_end_to_end_over_loopback(tmp_path, monkeypatch):
     out = res.to_json()
     json.dumps(out)  # serialisable
     assert out["fast"]["onnx-fp32"]["rows"][0]["img_per_s"] > 0
+    # the shipped cascade (both tiers + consensus) on ONNX Runtime and on torch, answers compared
+    assert list(out["cascade"]) == ["onnx", "torch"]
+    onnx, torch_ = out["cascade"]["onnx"], out["cascade"]["torch"]
+    assert [t["name"] for t in onnx["tiers"]] == ["classifier", "classifier2"]
+    assert [t.get("engine") for t in onnx["tiers"]] == ["onnx", "onnx"]
+    assert onnx["rows"][0]["img_per_s"] > 0 and 0.0 <= onnx["rows"][0]["first_tier_exit_share"] <= 1.0
+    assert torch_["max_abs_diff_vs_first"]["cascade"] <= 0.01
+    assert "shipped cascade" in harness_markdown(out)
     levels = out["http"]["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 3]
     assert all(lv["errors"] == 0 for lv in levels)
     assert out["summary"]["fast_best_variant"] == "onnx-fp32"
-    # the numbers are the real miner's, answering signed SN72 requests
+    # the numbers are the real miner's, answering signed SN72 requests with the shipped cascade
     assert out["http"]["server"] == "roadminer.miner.run.start_miner" and out["http"]["signed"] is True
     assert out["http"]["axon_hotkey"].startswith("5")
+    assert [t["name"] for t in out["http"]["tiers"]] == ["classifier", "classifier2"]
 
 
 def test_bench_fails_with_the_reason_when_the_miner_cannot_start():
     b64 = challenge_b64(2)
     with pytest.raises(BenchError, match=r"(?s)the miner could not start: .*unknown tier kind 'no_such_engine'"):
-        measure_http("cpu", "no_such_engine", {}, b64, (1,), 2)
+        measure_http("cpu", b64, (1,), 2, tiers=[{"name": "x", "kind": "no_such_engine"}])
+    with pytest.raises(BenchError, match=r"needs --redis-url"):
+        measure_http("cpu", b64, (1,), 2, workers=2)
 
 
 def test_bench_command_writes_json(tmp_path, monkeypatch):
@@ -170,8 +182,18 @@ def test_bench_command_writes_json(tmp_path, monkeypatch):
     monkeypatch.setenv("ROADMINER_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench.json"
     r = CliRunner().invoke(app, ["bench", "--device", "cpu", "--quick", "--batch-sizes", "1", "--seconds", "0.05",
-                                 "--skip", "http,baseline", "--cpu-variants", "onnx", "--out", str(out)])
+                                 "--skip", "cascade,http,baseline", "--cpu-variants", "onnx", "--out", str(out)])
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert data["summary"]["fast_best_img_per_s"] > 0
     assert data["env"]["cpu_count"] >= 1
+
+
+def test_bench_inputs_from_an_image_folder_are_validator_challenges(shared_data):
+    from roadminer.bench.harness import challenge_jpegs
+
+    raws, origin = challenge_jpegs(6, str(shared_data / "images"), seed=1)
+    assert "validator-parity challenges" in origin and len(raws) == 6
+    for raw in raws:
+        assert raw[:2] == b"\xff\xd8" and jpeg_size(raw) == (224, 224)
+    assert raws == challenge_jpegs(6, str(shared_data / "images"), seed=1)[0]  # reproducible
