@@ -364,9 +364,27 @@ def _signed_request_factory(url: str, axon_hotkey: str) -> Callable[[], RequestB
     return client
 
 
+async def _fallback_answers(session: Any, url: str | None) -> float | None:
+    """Answers the miner gave from its colour fallback (model late or failing), from its /metrics."""
+    if not url:
+        return None
+    try:
+        async with session.get(url + "/metrics") as r:
+            text = await r.text()
+    except Exception:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith('roadminer_tier_exits_total{tier="fallback'):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 async def _http_load(b64: Sequence[str], concurrency: int, n: int, clients: Callable[[], RequestBuilder],
-                     offset: int = 0) -> dict[str, Any]:
-    """``n`` signed requests from ``concurrency`` clients; request i sends ``b64[offset + i]``."""
+                     offset: int = 0, metrics_url: str | None = None) -> dict[str, Any]:
+    """``n`` signed requests from ``concurrency`` clients; request i sends ``b64[offset + i]``. Answers
+    from the miner's fallback (deadline missed) are counted from its /metrics when ``metrics_url`` is
+    given (one process)."""
     import aiohttp
 
     lat: list[float] = []
@@ -398,11 +416,14 @@ async def _http_load(b64: Sequence[str], concurrency: int, n: int, clients: Call
                 await r.read()
                 if r.status != 200:
                     raise BenchError(f"the miner refused a signed warm-up request: HTTP {r.status}")
+        before = await _fallback_answers(session, metrics_url)
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         dt = time.perf_counter() - t0
-    return {"concurrency": concurrency, "requests": n, "errors": errors, "req_per_s": n / dt,
-            "ms_p50": _pct(lat, 50) * 1000, "ms_p99": _pct(lat, 99) * 1000,
+        after = await _fallback_answers(session, metrics_url)
+    fallbacks = int(after - before) if before is not None and after is not None else None
+    return {"concurrency": concurrency, "requests": n, "errors": errors, "fallback_answers": fallbacks,
+            "req_per_s": n / dt, "ms_p50": _pct(lat, 50) * 1000, "ms_p99": _pct(lat, 99) * 1000,
             "ms_mean": float(np.mean(lat)) * 1000}
 
 
@@ -430,7 +451,8 @@ def measure_http(device: str, b64: Sequence[str], concurrency: Sequence[int], n:
             raise BenchError(f"the miner could not start: {type(e).__name__}: {e}") from e
         result: dict[str, Any] = dict(srv.info)
         clients = _signed_request_factory(srv.url, srv.info["axon_hotkey"])
-        result["levels"] = [asyncio.run(_http_load(b64, c, k, clients, off))
+        metrics_url = srv.url if workers == 1 else None
+        result["levels"] = [asyncio.run(_http_load(b64, c, k, clients, off, metrics_url))
                             for c, k, off in zip(concurrency, counts, offsets, strict=True)]
     return result
 
@@ -699,11 +721,12 @@ def render(res: BenchResult) -> Any:
         parts.append(t)
     if res.http:
         t = Table(title=escape(f"loopback HTTP: {res.http.get('server')} (signed: {res.http.get('signed')})"))
-        for c in ("concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors"):
+        for c in ("concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors", "fallback answers"):
             t.add_column(c, justify="right")
         for lv in res.http["levels"]:
-            t.add_row(str(lv["concurrency"]), str(lv["requests"]), f"{lv['req_per_s']:,.0f}",
-                      f"{lv['ms_p50']:.2f}", f"{lv['ms_p99']:.2f}", str(lv["errors"]))
+            t.add_row(str(lv["concurrency"]), str(lv["requests"]), f"{lv['req_per_s']:,.1f}",
+                      f"{lv['ms_p50']:.2f}", f"{lv['ms_p99']:.2f}", str(lv["errors"]),
+                      "n/a" if lv.get("fallback_answers") is None else str(lv["fallback_answers"]))
         parts.append(t)
     t = Table(title="summary")
     t.add_column("metric")
@@ -750,9 +773,12 @@ def markdown(res: dict[str, Any]) -> str:
     http = res.get("http")
     if http:
         lines += [f"**loopback HTTP** ({http.get('server')}, signed: {http.get('signed')})", "",
-                  "| concurrency | requests | req/s | p50 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {lv['concurrency']} | {lv['requests']} | {lv['req_per_s']:,.0f} | {lv['ms_p50']:.2f} | "
-                  f"{lv['ms_p99']:.2f} | {lv['errors']} |" for lv in http["levels"]]
+                  "| concurrency | requests | req/s | p50 ms | p99 ms | errors | fallback answers |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {lv['concurrency']} | {lv['requests']} | {lv['req_per_s']:,.1f} | {lv['ms_p50']:.2f} | "
+                  f"{lv['ms_p99']:.2f} | {lv['errors']} | "
+                  f"{'n/a' if lv.get('fallback_answers') is None else lv['fallback_answers']} |"
+                  for lv in http["levels"]]
         lines.append("")
     base = res.get("baseline")
     s = res.get("summary", {})

@@ -159,6 +159,7 @@ def test_run_bench_cpu_end_to_end_over_loopback(tmp_path, monkeypatch):
     levels = out["http"]["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 3]
     assert all(lv["errors"] == 0 for lv in levels)
+    assert all(isinstance(lv["fallback_answers"], int) and lv["fallback_answers"] >= 0 for lv in levels)
     assert out["summary"]["fast_best_variant"] == "onnx-fp32"
     # the numbers are the real miner's, answering signed SN72 requests with the shipped cascade
     assert out["http"]["server"] == "roadminer.miner.run.start_miner" and out["http"]["signed"] is True
