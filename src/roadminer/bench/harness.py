@@ -293,16 +293,23 @@ class BenchError(RuntimeError):
 
 def _real_miner(device: str, port: int, *, engine: str = "auto", tiers: list[dict[str, Any]] | None = None,
                 workers: int = 1, redis_url: str | None = None) -> Callable[[], Any]:
-    """Start the project's miner on loopback under a throwaway hotkey: ``start_miner`` (or a ``WorkerPool``
-    of ``workers`` processes sharing ``redis_url``), with the shipped default cascade placed on ``device``
-    (``tiers`` replaces it)."""
+    """Start the project's miner on loopback under a throwaway hotkey, as ``workers`` miner processes
+    (``roadminer.miner.workers.WorkerPool``; one process when ``workers`` is 1, so that the load generator
+    never shares an interpreter with the miner), with the shipped default cascade placed on ``device``
+    (``tiers`` replaces it). More than one worker shares nonces through ``redis_url``."""
 
     async def start() -> tuple[str, dict[str, Any], Callable[[], Any]]:
+        import shutil
         import tempfile
 
-        from roadminer.core.config import load_settings
-        from roadminer.protocol.keys import HotkeySigner
+        import aiohttp
 
+        from roadminer.core.config import load_settings
+        from roadminer.miner.workers import WorkerPool
+
+        if workers > 1 and not redis_url:
+            raise BenchError("--http-workers > 1 needs --redis-url (the workers share nonces through Redis)")
+        wallets = tempfile.mkdtemp(prefix="roadminer-bench-wallet-")  # a throwaway hotkey, removed on stop
         overrides: dict[str, Any] = {
             "server.host": "127.0.0.1", "server.port": port, "guards.allow_unregistered": True,
             "guards.require_validator_permit": False, "guards.min_stake": 0.0,
@@ -310,30 +317,30 @@ def _real_miner(device: str, port: int, *, engine: str = "auto", tiers: list[dic
             "guards.max_inflight": 4096, "dashboard.on_miner": False,
             "state.backend": "redis" if workers > 1 else "memory", "device": device, "batcher.max_wait_ms": 0.5,
             "cascade.engine": engine, "server.workers": workers,
+            "wallet.path": wallets, "wallet.name": "bench", "wallet.hotkey": "miner",
         }
         if redis_url:
             overrides["state.redis_url"] = redis_url
         if tiers is not None:
             overrides["cascade.tiers"] = tiers
-        if workers > 1:
-            from roadminer.miner.workers import WorkerPool
-
-            if not redis_url:
-                raise BenchError("--http-workers > 1 needs --redis-url (the workers share nonces through Redis)")
-            wallets = tempfile.mkdtemp(prefix="roadminer-bench-wallet-")  # a throwaway hotkey on disk
-            overrides.update({"wallet.path": wallets, "wallet.name": "bench", "wallet.hotkey": "miner"})
-            pool = WorkerPool(load_settings(None, overrides))
+        try:
+            pool = WorkerPool(load_settings(None, overrides), restart=False)
             await pool.start()
-            info = {"server": f"roadminer.miner.workers.WorkerPool ({workers} processes, SO_REUSEPORT)",
-                    "signed": True, "axon_hotkey": pool.hotkeys[0], "workers": workers}
-            return f"http://127.0.0.1:{pool.ports[0]}", info, pool.stop
-        from roadminer.miner.run import start_miner
+        except BaseException:
+            shutil.rmtree(wallets, ignore_errors=True)
+            raise
+        url = f"http://127.0.0.1:{pool.ports[0]}"
+        async with aiohttp.ClientSession() as session, session.get(url + "/health") as r:
+            health = await r.json()
 
-        settings = load_settings(None, overrides)
-        miner = await start_miner(settings, signers=[(port, HotkeySigner.generate())])
-        info = {"server": "roadminer.miner.run.start_miner", "signed": True, "axon_hotkey": miner.hotkeys[0],
-                "workers": 1, "tiers": miner.backend.model_info()["tiers"]}
-        return f"http://127.0.0.1:{port}", info, miner.stop
+        async def stop() -> None:
+            await pool.stop()
+            shutil.rmtree(wallets, ignore_errors=True)
+
+        info = {"server": f"roadminer miner, {workers} process(es) (start_miner via roadminer.miner.workers)",
+                "signed": True, "axon_hotkey": pool.hotkeys[0], "workers": workers, "tiers": health["tiers"],
+                "model_version": health["model_version"]}
+        return url, info, stop
 
     return start
 

@@ -37,6 +37,7 @@ from loguru import logger
 from roadminer.core.config import Settings
 
 READY = "ROADMINER-WORKER-READY "
+FAILED = "ROADMINER-WORKER-FAILED "
 
 
 class WorkersConfigError(ValueError):
@@ -176,6 +177,9 @@ class WorkerPool:
             text = line.decode(errors="replace").rstrip()
             if text.startswith(READY):
                 return dict(json.loads(text[len(READY):]))
+            if text.startswith(FAILED):
+                await proc.wait()
+                raise RuntimeError(f"miner worker could not start: {json.loads(text[len(FAILED):])['error']}")
             if text:
                 print(text, flush=True)  # a worker's own stdout (its log goes to stderr, shared)
 
@@ -242,7 +246,12 @@ class WorkerPool:
 async def _run_worker(settings: Settings, index: int) -> None:
     from roadminer.miner.run import start_miner
 
-    miner = await start_miner(settings, reuse_port=True, worker_index=index)
+    try:
+        miner = await start_miner(settings, reuse_port=True, worker_index=index)
+    except Exception as e:  # tell the supervisor why, then exit non-zero
+        sys.stdout.write(FAILED + json.dumps({"index": index, "error": f"{type(e).__name__}: {e}"}) + "\n")
+        sys.stdout.flush()
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -281,8 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
     from roadminer.core.logging_setup import setup_logging
 
-    if settings.logging.file or settings.logging.json_logs:
-        setup_logging(settings.logging.level, settings.logging.file, settings.logging.json_logs)
+    setup_logging(settings.logging.level, settings.logging.file, settings.logging.json_logs)
+    logger.configure(extra={"worker": index})
     asyncio.run(_run_worker(settings, index))
 
 
