@@ -94,7 +94,7 @@ def challenge_jpegs(n: int, images: str | None = None, seed: int = 0) -> tuple[l
     return [make_challenge(source, rng).jpeg for _ in range(n)], f"validator-parity challenges from {images}"
 
 
-def unique_variant(raw: bytes, tag: int) -> bytes:
+def unique_variant(raw: bytes, tag: int | str) -> bytes:
     """The same JPEG with a comment segment holding ``tag``: identical pixels, a different payload hash,
     so that a result cache keyed by the payload cannot answer a benchmark request."""
     payload = f"roadminer-bench {tag}".encode()
@@ -447,7 +447,8 @@ def measure_http(device: str, b64: Sequence[str], concurrency: Sequence[int], n:
     counts = [max(n, 4 * c) for c in concurrency]
     offsets = [sum(counts[:k]) + 8 * k for k in range(len(counts))]
     total = sum(counts) + 8 * len(counts)
-    b64 = [to_b64(unique_variant(raws[i % len(raws)], i)) for i in range(total)]  # no cache hits
+    run = os.urandom(6).hex()  # a Redis result cache outlives a run: tags unique to this one
+    b64 = [to_b64(unique_variant(raws[i % len(raws)], f"{run}-{i}")) for i in range(total)]  # no cache hits
     start = _real_miner(device, port, engine=engine, tiers=tiers, workers=workers, redis_url=redis_url)
     with contextlib.ExitStack() as stack:
         try:

@@ -137,6 +137,10 @@ class OnnxCpuEngine:
         opts.intra_op_num_threads = threads or cores
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning: the cores are shared with the miner's event loop,
+        # the JPEG decoders and (with server.workers) other workers; spinning threads measured 2.7-3x slower
+        # answers for the shipped cascade on the 2-core machine (docs/benchmarks.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = opts.intra_op_num_threads
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.decode_threads = decode_threads or max(1, cores)
