@@ -226,6 +226,10 @@ def tier_memory(
         base = arch.rsplit("/", 1)[-1].split(".")[0].lower()
         if base in KNOWN_PARAMS:
             user["params"] = KNOWN_PARAMS[base]
+    if "params" not in user and "weights_gb" not in user and tier.kind == "classifier":
+        counted = classifier_params(user.get("weights"))
+        if counted:
+            user["params"] = counted
     # A tier that overrides activations in one unit must not inherit the default of the other.
     if "activation_mb" in user or "activation_gb" in user:
         opts.pop("activation_mb", None)
@@ -285,6 +289,36 @@ def tier_memory(
         if reserve > mem.total_gib:  # vLLM hands the rest of its share to the KV cache
             mem.kv_gib += reserve - mem.total_gib
     return mem
+
+
+def classifier_params(weights: Any) -> float | None:
+    """Parameter count of a saved classifier, from its safetensors header alone (no tensor is read); None
+    when the file is missing or unreadable."""
+    import json
+    import struct
+
+    from roadminer.models.placement import resolve_weights
+
+    try:
+        path = resolve_weights(weights)
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if not 0 < size < 100 * 1024 * 1024:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__" or not isinstance(entry, dict):
+            continue
+        if "running_" in name or name.endswith("num_batches_tracked"):
+            continue  # batch-norm statistics are buffers, not parameters
+        n = 1
+        for d in entry.get("shape", []):
+            n *= int(d)
+        total += n
+    return float(total) or None
 
 
 def pack(

@@ -212,3 +212,19 @@ def test_planner_books_one_copy_per_worker_process() -> None:
     a, b = make_plan(one), make_plan(three)
     for x, y in zip(a.tiers, b.tiers, strict=True):
         assert y.copies == 3 and y.total_gib == pytest.approx(3 * x.total_gib)
+
+
+def test_planner_reads_classifier_parameter_counts_from_the_file_header() -> None:
+    """Before any model loads, the plan counts the shipped classifiers' parameters from their safetensors
+    headers (not the kind's 25M default); the count equals the loaded model's."""
+    from roadminer.deploy.planner import classifier_params, make_plan
+    from roadminer.models.classifier import load_classifier
+    from roadminer.models.placement import resolve_weights
+
+    plan = make_plan(Settings(device="cuda", plan={"gpus": 1, "gpu_mem_gb": 80}))
+    for mem, weights in zip(plan.tiers, ("roadwork_classifier.safetensors", "roadwork_classifier_lite2.safetensors"),
+                            strict=True):
+        model, _, _ = load_classifier(resolve_weights(weights))
+        n = sum(p.numel() for p in model.parameters())
+        assert classifier_params(weights) == n and mem.params == n and mem.device == "gpu"
+    assert classifier_params("no_such_file.safetensors") is None
