@@ -49,7 +49,7 @@ class ServerConfig(Section):
     external_ip: str | None = None
     external_port: int | None = None
     # Miner processes sharing the port(s) through SO_REUSEPORT, each with its own model; more than one
-    # needs state.backend: redis so that every worker sees every nonce (roadminer.serving.workers).
+    # needs state.backend: redis so that every worker sees every nonce (roadminer.miner.workers).
     workers: int = Field(default=1, ge=1, le=64)
 
 

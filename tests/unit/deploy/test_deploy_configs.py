@@ -47,9 +47,9 @@ def _close_routers() -> Any:
 
 def build_router(settings: Settings) -> EarlyExitRouter:
     """The cascade of ``settings`` (built once per distinct cascade: most files share the shipped one)."""
-    key = settings.cascade.model_dump_json()
+    key = settings.cascade.model_dump_json() + settings.device
     if key not in _ROUTERS:
-        router = EarlyExitRouter.from_config(settings.cascade)
+        router = EarlyExitRouter.from_settings(settings)  # as the miner builds it: device and engine placed
         router.warmup()
         _ROUTERS[key] = router
     return _ROUTERS[key]
@@ -99,8 +99,8 @@ def assert_cascade_runs(settings: Settings) -> EarlyExitRouter:
 
 
 # ---------------------------------------------------------------- configs/
-@pytest.mark.parametrize(("command", "name"), [("miner", "miner.yaml"), ("miner", "cascade.yaml"),
-                                              ("validator", "validator.yaml")])
+@pytest.mark.parametrize(("command", "name"), [("miner", "miner.yaml"), ("miner", "miner-gpu.yaml"),
+                                              ("miner", "cascade.yaml"), ("validator", "validator.yaml")])
 def test_shipped_yaml_configs_load_and_build(command: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _, settings = command_settings([command, "--config", f"configs/{name}"], {}, monkeypatch)
     router = assert_cascade_runs(settings)

@@ -228,3 +228,23 @@ def test_planner_reads_classifier_parameter_counts_from_the_file_header() -> Non
         n = sum(p.numel() for p in model.parameters())
         assert classifier_params(weights) == n and mem.params == n and mem.device == "gpu"
     assert classifier_params("no_such_file.safetensors") is None
+
+
+def test_placement_fills_only_what_the_options_leave_open() -> None:
+    from roadminer.core.tier_options import validate_tier_options
+    from roadminer.models.placement import Placement
+
+    p = Placement("cuda:1", "fast", threads=3)
+
+    def kwargs(kind: str, options: dict) -> dict:
+        typed = validate_tier_options(kind, options)
+        return p.tier_kwargs(kind, typed, typed.tier_kwargs())
+
+    clf = kwargs("classifier", {"weights": "w.safetensors"})
+    assert clf["device"] == "cuda:1" and clf["engine"] == "fast" and clf["threads"] == 3
+    pinned = kwargs("classifier", {"device": "cpu", "threads": 1})
+    assert pinned["device"] == "cpu" and pinned["threads"] == 1  # the tier's own options win
+    assert kwargs("yolo", {})["device"] == "cuda:1" and "engine" not in kwargs("yolo", {})
+    assert "device" not in kwargs("vlm_vllm", {"device": "remote"})  # planner-only there: never passed
+    assert "device" not in kwargs("colour", {}) and kwargs("onnx_cpu", {})["threads"] == 3
+    assert kwargs("onnx_cpu", {"threads": 2})["threads"] == 2

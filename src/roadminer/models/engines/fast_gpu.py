@@ -97,8 +97,9 @@ def resolve_backbone(options: dict[str, Any] | None = None) -> Backbone:
     options = dict(options or {})
     weights = options.get("weights")
     from roadminer.models import classifier as clf
+    from roadminer.models.placement import resolve_weights
 
-    path = Path(weights) if weights else clf.DEFAULT_MODEL
+    path = resolve_weights(weights)  # a bare file name is looked up in the shipped models folder
     if weights or path.is_file():
         model, prep, extra = clf.load_classifier(path)
         return Backbone(model, _triple(prep.get("mean", LITE_MEAN)), _triple(prep.get("std", LITE_STD)),
