@@ -56,15 +56,26 @@ def pil_bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarr
     return index, weight
 
 
+@lru_cache(maxsize=128)
+def _dense_taps(in_size: int, out_size: int) -> np.ndarray:
+    """The taps as a dense ``[in_size, out_size]`` float64 matrix (zeros off the filter's support)."""
+    index, weight = pil_bilinear_taps(in_size, out_size)
+    dense = np.zeros((in_size, out_size), dtype=np.float64)
+    for o in range(out_size):
+        for i, w in zip(index[o], weight[o], strict=True):
+            if w:
+                dense[i, o] += float(w)
+    return dense
+
+
 def _pass(x: Any, dim: int, out_size: int) -> Any:
+    """One separable pass as a float64 matrix product: pixel x weight products stay below 2**30 and their
+    sums below 2**31, so the products and sums are exact, as in Pillow's int32 arithmetic."""
     import torch
 
-    index, weight = pil_bilinear_taps(int(x.shape[dim]), out_size)
-    idx = torch.from_numpy(index).to(x.device)
-    w = torch.from_numpy(weight).to(x.device)
-    # NCHW: gather along W -> N,C,H,out,k; along H -> N,C,out,k,W
-    s = (x[..., idx] * w).sum(-1) if dim == 3 else (x[:, :, idx, :] * w[..., None]).sum(-2)
-    return torch.clamp((s + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS, 0, 255)
+    w = torch.from_numpy(_dense_taps(int(x.shape[dim]), out_size)).to(x.device)
+    s = x @ w if dim == 3 else (x.transpose(2, 3) @ w).transpose(2, 3)
+    return torch.clamp(torch.floor((s + float(1 << (PRECISION_BITS - 1))) / float(1 << PRECISION_BITS)), 0, 255)
 
 
 def resize_nchw_uint8(x: Any, height: int, width: int) -> Any:
@@ -73,7 +84,7 @@ def resize_nchw_uint8(x: Any, height: int, width: int) -> Any:
 
     if x.dtype != torch.uint8 or x.ndim != 4:
         raise ValueError("expected an NCHW uint8 tensor")
-    y = x.to(torch.int64)
+    y = x.to(torch.float64)
     if y.shape[3] != width:
         y = _pass(y, 3, width)
     if y.shape[2] != height:
