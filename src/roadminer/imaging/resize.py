@@ -98,4 +98,4 @@ def resize_hwc_uint8(img: np.ndarray, size: int) -> np.ndarray:
 
     if img.shape[0] == size and img.shape[1] == size:
         return np.require(img, np.uint8, ["C", "W"])
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))

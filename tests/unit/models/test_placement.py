@@ -19,7 +19,7 @@ from roadminer.deploy.planner import GIB, check_plan, plan_loaded
 from roadminer.imaging.augment import challenge_jpeg
 from roadminer.imaging.decode import ImagePolicy, decode_rgb
 from roadminer.imaging.resize import pil_bilinear_taps, resize_nchw_uint8
-from roadminer.models.base import ImageBatch
+from roadminer.models.base import ImageBatch, needs_decoded_images
 from roadminer.models.footprint import tier_footprint
 from roadminer.models.placement import PlacementError, choose_engine, resolve_device
 
@@ -124,6 +124,8 @@ def test_shipped_cascade_on_onnx_agrees_with_torch_on_real_photos(photos, torch_
     try:
         assert [t.describe()["engine"] for t in router.tiers] == ["onnx", "onnx"]
         assert [t.describe()["runtime"] for t in router.tiers] == ["onnxruntime"] * 2
+        # on a CPU the engine tiers read the pixels the miner decoded (a corrupt image is a 400 there)
+        assert all(t.needs_rgb for t in router.tiers) and needs_decoded_images(router)
         assert router.version == torch_router.version  # same weights, same model version
         got = router.predict(_batch(photos), early_exit=False)
         for name in ("classifier", "classifier2"):

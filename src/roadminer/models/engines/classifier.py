@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from roadminer.models.base import ImageBatch, TierOutput
 from roadminer.models.classifier import load_classifier
 from roadminer.models.engines.fast_gpu import LITE_MEAN, LITE_STD, Backbone, EngineTier, FastImageEngine
 from roadminer.models.engines.onnx_cpu import OnnxCpuEngine
@@ -38,6 +39,15 @@ class EngineClassifierTier(EngineTier):
             raise PlacementError(f"unknown classifier engine {engine!r}")
         # The weights' version names the model (result cache, dashboards); the engine is in describe().
         self.version = self.weights_version
+        # On CUDA the fast engine decodes the payload itself (nvJPEG). Elsewhere the tier reads the pixels
+        # the miner decoded (policy-checked Pillow, EXIF applied, as for the torch tier): a corrupt image
+        # is then refused with 400 before batching, and nothing is decoded twice.
+        self.needs_rgb = not (engine == "fast" and str(device).startswith("cuda"))
+
+    def predict(self, batch: ImageBatch) -> TierOutput:
+        if not self.needs_rgb:
+            return super().predict(batch)
+        return TierOutput(prob=self._predict_decoded(batch))
 
     def footprint(self) -> dict[str, Any] | None:
         """Device, dtype, parameters and bytes of what runs (the planner books this)."""
