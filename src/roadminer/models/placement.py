@@ -15,6 +15,9 @@ Classifier tiers (kind ``classifier``: one saved safetensors classifier each) ru
 * ``torch`` — ``ClassifierTier``: plain PyTorch on the device; the CPU default without ``onnxruntime``,
   and what ``auto`` falls back to (with a warning naming the reason) when an ONNX export fails.
 
+The fast engine on CUDA decodes the received payloads itself (nvJPEG); on a CPU the engine tiers read the
+pixels the miner decoded (policy-checked Pillow), like the torch tier.
+
 All three answer within 0.01 of each other on real photos (``tests/unit/models/test_placement.py``): the engines
 resize with antialiased bilinear interpolation where the torch tier uses PIL's bilinear resize.
 """
