@@ -32,15 +32,8 @@ def test_atheris_target(target: str, tmp_path: Path) -> None:
     if target == "decode":
         for f in (CORPUS / "images").glob("*.bin"):
             shutil.copy(f, seeds / f.name)
-    # Started through a shell that forks it: a process exec'ed straight from this one inherits this one's
-    # peak RSS (Linux keeps ru_maxrss across execve), which libFuzzer reads as its own and calls an OOM
-    # once the test session has grown past the limit.
     proc = subprocess.run(
         [
-            "/bin/sh",
-            "-c",
-            '"$@"; exit $?',
-            "sh",
             sys.executable,
             str(CORPUS / "atheris_targets.py"),
             target,
