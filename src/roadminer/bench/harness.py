@@ -317,7 +317,7 @@ def _real_miner(device: str, port: int, *, engine: str = "auto", tiers: list[dic
             "guards.max_inflight": 4096, "dashboard.on_miner": False,
             "state.backend": "redis" if workers > 1 else "memory", "device": device, "batcher.max_wait_ms": 0.5,
             "cascade.engine": engine, "server.workers": workers,
-            "wallet.path": wallets, "wallet.name": "bench", "wallet.hotkey": "miner",
+            "wallet.path": wallets, "wallet.name": "bench", "wallet.hotkey": "//RoadminerBench",  # dev URI: no SDK
         }
         if redis_url:
             overrides["state.redis_url"] = redis_url
