@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from roadminer.core.aio import cancel_and_wait
+from roadminer.core.aio import cancel_and_wait, repeat_forever
 
 
 class ListStore(Protocol):
@@ -313,12 +313,7 @@ class ForensicsRecorder:
         return alerts
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.record_once()
-            except Exception as e:  # the miner outlives any chain or state hiccup
-                logger.warning("recording reward forensics failed: {!r}", e)
-            await asyncio.sleep(self.interval_s)
+        await repeat_forever(self.interval_s, self.record_once, "recording reward forensics")
 
     def start(self) -> None:
         if self._task is None and self.interval_s > 0 and self.log is not None:

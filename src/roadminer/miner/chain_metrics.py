@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from loguru import logger
-
 from roadminer.chain.base import ChainView
-from roadminer.core.aio import cancel_and_wait
+from roadminer.core.aio import cancel_and_wait, repeat_forever
 from roadminer.core.metrics import CHAIN_CONSENSUS, CHAIN_EMISSION, CHAIN_INCENTIVE, CHAIN_TRUST
 from roadminer.state.history import ChainSnapshot
 from roadminer.state.layer import StateLayer
@@ -55,12 +53,7 @@ class ChainMetricsRecorder:
         return True
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.record_once()
-            except Exception as e:  # the miner outlives any chain or state hiccup
-                logger.warning("recording chain metrics failed: {!r}", e)
-            await asyncio.sleep(self.interval_s)
+        await repeat_forever(self.interval_s, self.record_once, "recording chain metrics")
 
     def start(self) -> None:
         if self._task is None and self.interval_s > 0:
