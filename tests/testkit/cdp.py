@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-FLAGS = [
+BROWSER_FLAGS = [  # headless, no sandbox, none of Chromium's own network traffic (the machine has no network)
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -33,8 +33,8 @@ FLAGS = [
     "--disable-sync",
     "--disable-quic",
     "--hide-scrollbars",
-    "--remote-debugging-port=0",
 ]
+FLAGS = [*BROWSER_FLAGS, "--remote-debugging-port=0"]
 
 
 def chromium_exe() -> str | None:

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from roadminer.state.labelling import STATUSES, label_item, list_items, status_of, undo_item
 from roadminer.state.labels import LabelError, check_image_id
+from roadminer.state.queue import sniff_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOKEN_COOKIE = "roadminer_label_token"
@@ -148,18 +149,6 @@ async def items(request: web.Request) -> web.Response:
     return web.json_response({"status": status, "items": [i.to_json() for i in got], "counts": counts})
 
 
-def _image_type(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "image/jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:2] == b"BM":
-        return "image/bmp"
-    return "application/octet-stream"
-
-
 async def image(request: web.Request) -> web.Response:
     try:
         h = check_image_id(request.match_info["id"])
@@ -170,7 +159,7 @@ async def image(request: web.Request) -> web.Response:
         return _json_error(404, "image not stored (expired or never queued)")
     return web.Response(
         body=data,
-        content_type=_image_type(data),
+        content_type=sniff_image(data)[0],
         headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"},
     )
 

@@ -135,16 +135,17 @@ class ExportReport:
 Teacher = Callable[[list[bytes]], Sequence[float]]  # encoded images -> P(roadwork)
 
 
-def _ext(data: bytes) -> str:
+def sniff_image(data: bytes) -> tuple[str, str]:
+    """``(MIME type, file extension)`` of stored image bytes, from their magic number (no decoding)."""
     if data[:3] == b"\xff\xd8\xff":
-        return ".jpg"
+        return "image/jpeg", ".jpg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return ".png"
+        return "image/png", ".png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
+        return "image/webp", ".webp"
     if data[:2] == b"BM":
-        return ".bmp"
-    return ".img"
+        return "image/bmp", ".bmp"
+    return "application/octet-stream", ".img"
 
 
 class HardExampleQueue:
@@ -388,7 +389,7 @@ class HardExampleQueue:
         for ex, data, rec in items:
             lab = None if rec is None else rec.target
             folder = "unlabeled" if lab is None else ("roadwork" if lab == 1 else "no_roadwork")
-            rel = f"{folder}/{ex.image_hash}{_ext(data)}"
+            rel = f"{folder}/{ex.image_hash}{sniff_image(data)[1]}"
             path = out / rel
             _retire(out, ex.image_hash, keep=rel)
             if not path.exists():

@@ -10,14 +10,13 @@ from typing import Annotated
 import typer
 
 
-def _kv(items: list[str] | None, cast: type) -> dict:
-    out = {}
-    for item in items or []:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r}: expected SOURCE=N")
-        out[key] = cast(val)
-    return out
+def _counts(items: list[str] | None, option: str) -> dict[str, int]:
+    from roadminer.core.cli_args import parse_sets
+
+    try:
+        return {k: int(v) for k, v in parse_sets(items, option).items()}
+    except (TypeError, ValueError) as e:
+        raise typer.BadParameter(f"{option} expects SOURCE=N: {e}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -35,8 +34,8 @@ def register(app: typer.Typer) -> None:
         """Write a smaller copy of a labelled dataset (images, boxes, manifest) for a training machine."""
         from roadminer.training.data import export_downsized
 
-        info = export_downsized(src, dst, short_side, quality, max_per_source=_kv(max_per_source, int),
-                                every_nth=_kv(every_nth, int), seed=seed, fmt=fmt.upper())
+        info = export_downsized(src, dst, short_side, quality, max_per_source=_counts(max_per_source, "--max"),
+                                every_nth=_counts(every_nth, "--every"), seed=seed, fmt=fmt.upper())
         typer.echo(json.dumps({"n": info["n"], "mib": round(info["bytes"] / 2**20, 1), "counts": info["counts"]}))
 
     @app.command("train-recipe")

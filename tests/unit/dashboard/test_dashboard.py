@@ -3,7 +3,6 @@ Chromium; mounting on a host app; bad input answered with clear errors."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from roadminer.state.history import ChainSnapshot
 from roadminer.state.layer import StateLayer
 from roadminer.state.model_events import record_model_event
 from roadminer.state.sessions import RequestRecord
+from testkit.cdp import BROWSER_FLAGS, chromium_exe
 
 NOW = time.time()
 VALIDATORS = (
@@ -233,25 +233,8 @@ def test_parse_window() -> None:
             parse_window(bad, 1)
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--hide-scrollbars",
-]
-
-
 async def test_chromium_renders_seeded_charts(tmp_path: Path, redis_url: str) -> None:
-    exe = _chromium()
+    exe = chromium_exe()
     if exe is None:
         pytest.skip("chromium is not installed (scripts/test.sh installs it)")
     state = _state("redis", redis_url)
@@ -264,7 +247,7 @@ async def test_chromium_renders_seeded_charts(tmp_path: Path, redis_url: str) ->
         def browse(*args: str) -> subprocess.CompletedProcess[str]:
             profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
             return subprocess.run(
-                [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                [exe, *BROWSER_FLAGS, f"--user-data-dir={profile}", *args],
                 capture_output=True,
                 text=True,
                 timeout=90,

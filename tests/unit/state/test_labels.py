@@ -7,7 +7,6 @@ import asyncio
 import csv
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from roadminer.imaging.decode import encode_jpeg
-from roadminer.state.backends.memory import MemoryStore
 from roadminer.state.backends.redis_store import RedisStore
 from roadminer.state.labels import LabelError, LabelStore, Provenance, resolve
 from roadminer.state.queue import HardExampleQueue
@@ -29,16 +27,6 @@ def _jpeg(seed: int) -> bytes:
 
 def _h(seed: int) -> str:
     return hashlib.sha256(_jpeg(seed)).hexdigest()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    if request.param == "memory":
-        s: StateStore = MemoryStore(prefix="lab:")
-    else:
-        s = RedisStore(request.getfixturevalue("redis_url"), prefix="lab:")
-    yield s
-    await s.close()
 
 
 async def test_rules_override_idempotence_undo_skip(store: StateStore) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 
 from roadminer.imaging.decode import encode_jpeg
 from roadminer.miner.batcher import Answer
-from roadminer.state.backends.memory import MemoryStore
 from roadminer.state.backends.redis_store import RedisStore
 from roadminer.state.layer import RequestInfo, StateLayer
 from roadminer.state.queue import HardExamplePolicy, HardExampleQueue, Reason
@@ -23,16 +21,6 @@ from roadminer.state.store import StateStore
 def _jpeg(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     return encode_jpeg(rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8))
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    if request.param == "memory":
-        s: StateStore = MemoryStore(prefix="q:")
-    else:
-        s = RedisStore(request.getfixturevalue("redis_url"), prefix="q:")
-    yield s
-    await s.close()
 
 
 def test_policy_reasons() -> None:
