@@ -37,6 +37,7 @@ _G: dict[str, Any] = {}
 
 
 def _init(samples: Sequence[Sample], banks: dict[str, ObjectBank]) -> None:
+    """Render-process initialiser: the samples and cut-out banks, one torch thread per process."""
     _G["samples"], _G["banks"] = samples, banks
     torch.set_num_threads(1)
 
@@ -71,11 +72,14 @@ def _render_all(
     out: list[tuple[np.ndarray, int, int, int]] = []
     with Progress(disable=len(tasks) < 64) as bar:
         job = bar.add_task(f"render {what}", total=len(tasks))
-        if workers <= 1:
-            _init(samples, banks)
-            for t in tasks:
-                out.append(_render(t))
-                bar.advance(job)
+        if workers <= 1:  # in this process: share the globals, leave its torch threads alone
+            _G["samples"], _G["banks"] = samples, banks
+            try:
+                for t in tasks:
+                    out.append(_render(t))
+                    bar.advance(job)
+            finally:
+                _G.clear()
         else:
             with get_context("fork").Pool(workers, initializer=_init, initargs=(samples, banks)) as pool:
                 for r in pool.imap(_render, tasks, chunksize=32):
