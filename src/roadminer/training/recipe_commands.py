@@ -66,9 +66,14 @@ def register(app: typer.Typer) -> None:
             rec = TrainRecipe.from_yaml(recipe)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
-        summary = run_recipe(
-            rec, data, out, cv=cv or [], report=report, prepared=prepared, device=device,
-            workers=workers if workers is not None else rec.workers, max_steps=max_steps, final=not no_final,
-            recipe_path=recipe,
-        )
+        from roadminer.training.data import DatasetError
+
+        try:
+            summary = run_recipe(
+                rec, data, out, cv=cv or [], report=report, prepared=prepared, device=device,
+                workers=workers if workers is not None else rec.workers, max_steps=max_steps, final=not no_final,
+                recipe_path=recipe,
+            )
+        except (DatasetError, FileNotFoundError) as e:
+            raise typer.BadParameter(str(e), param_hint="--data") from None
         typer.echo(json.dumps(summary, indent=1))

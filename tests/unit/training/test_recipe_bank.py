@@ -126,3 +126,10 @@ def test_train_recipe_command_writes_a_loadable_model_and_card(tiny: Path, tmp_p
     card = json.loads(out.with_suffix(".card.json").read_text())
     assert card["recipe"]["fit"]["draws"] == 4 and card["data"]["n"] == len(load_image_folder(tiny))
     assert card["recipe_sha256"] == extra["recipe_sha256"]
+
+
+def test_train_recipe_refuses_a_missing_dataset_clearly(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["train-recipe", str(RECIPES[0]), "--data", str(tmp_path / "nowhere"),
+                                 "--out", str(tmp_path / "m.safetensors")])
+    assert r.exit_code == 2 and "dataset not found" in r.output, r.output
+    assert not (tmp_path / "m.safetensors").exists()
