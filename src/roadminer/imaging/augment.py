@@ -295,13 +295,22 @@ def augment_with_params(
         out = out.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
 
     if LEVEL_DISTORTIONS[level]:
-        arr = np.asarray(out, dtype=np.uint8)
-        for name, max_level in LEVEL_DISTORTIONS[level]:
-            dlevel = int(rng.integers(0, max_level + 1))
-            params.distortions[name] = dlevel
-            arr = apply_distortion(arr, name, dlevel, rng)
+        arr = photometric(np.asarray(out, dtype=np.uint8), level, rng, params.distortions)
         out = Image.fromarray(np.ascontiguousarray(arr), "RGB")
     return out, params
+
+
+def photometric(
+    arr: np.ndarray, level: int, rng: np.random.Generator, drawn: dict[str, int] | None = None
+) -> np.ndarray:
+    """The distortions of augmentation ``level`` alone (no geometry), each at a level drawn up to its
+    maximum, in the validator's order; ``drawn`` receives what was drawn. Boxes stay valid."""
+    for name, max_level in LEVEL_DISTORTIONS[level]:
+        dlevel = int(rng.integers(0, max_level + 1))
+        if drawn is not None:
+            drawn[name] = dlevel
+        arr = apply_distortion(arr, name, dlevel, rng)
+    return arr
 
 
 def augment(

@@ -22,7 +22,7 @@ SHA256: dict[str, str] = {
     "roadwork_classifier_lite2.safetensors": "23a155fcb8a136e6208c0d3ac0a047b0e2f015acbfd0fe6994c1e0b5be2745b3",
     "roadwork_yolo.safetensors": "87d2d5bbe95143b0c31dc65d895afb402ac78d3318d87dfe066be85c6828ed69",
     "colour_cue.json": "e10c04971cd6fc2a6988e751eb89d4e34cce7079244e599067b07c3125496ee3",
-    "cascade_consensus.json": "e4adc30d87563aa6aad3be9456867cbac846f1d2878b981d74be4ebe13000050",
+    "cascade_consensus.json": "101b4d365fe0542262e650d7c6c5ae984d83804e34c84d40b812d55123383d88",
 }
 
 # Suffixes of files in assets/models that some loader reads; documentation (.md, .card.json) is not loaded.

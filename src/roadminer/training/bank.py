@@ -112,6 +112,14 @@ def views_per_image(samples: Sequence[Sample], cfg: RecipeBank, source_power: fl
     return np.clip(np.round(cfg.views_scale * w * len(samples)), cfg.kmin, cfg.kmax).astype(int)
 
 
+def render_eval_views(samples: Sequence[Sample], eval_seed: int = 1234, workers: int = 0) -> np.ndarray:
+    """The fixed evaluation view of every image at levels 0-3 (``[4*N, 224, 224, 3]`` uint8, level-major):
+    the rows every out-of-fold table of every tier is scored on."""
+    workers = workers or (os.cpu_count() or 1)
+    tasks = [(i, lv, eval_seed, (0.25,) * 4, 0.0, "eval") for lv in range(4) for i in range(len(samples))]
+    return _render_all(samples, tasks, {}, workers, "evaluation views")[0]
+
+
 def render_bank(
     samples: Sequence[Sample],
     cfg: RecipeBank,
@@ -141,8 +149,7 @@ def render_bank(
                 roles.append("paste")
     t0 = time.time()
     views, meta = _render_all(samples, tasks, banks, workers, "training views")
-    eval_tasks = [(i, lv, eval_seed, lp, 0.0, "eval") for lv in range(4) for i in range(len(samples))]
-    eval_views, _ = _render_all(samples, eval_tasks, banks, workers, "evaluation views")
+    eval_views = render_eval_views(samples, eval_seed, workers)
     logger.info("view bank: {} training rows + {} evaluation views in {:.1f}s ({} cut-outs from {})",
                 len(views), len(eval_views), time.time() - t0, sum(len(b) for b in banks.values()), paste_sources)
     return ViewBank(samples, torch.from_numpy(views).to(device), meta, np.array(roles),

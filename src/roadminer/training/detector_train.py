@@ -9,8 +9,8 @@ Steps (``train_detector``):
    source) go to validation, about ``val_frac`` of each source, plus any ``holdout_sources``.
    Detector training uses positives with boxes and negatives as backgrounds; positives without boxes are
    never backgrounds (they only join the image-level evaluation when held out).
-2. ultralytics trains the architecture from its yaml (random init: no COCO weights offline), ``amp=False``,
-   no plots.
+2. ultralytics trains the architecture from its yaml, ``amp=False``, no plots: from random init, or with
+   ``init`` (e.g. the COCO-trained YOLOv5n as safetensors) for the backbone and neck (``init_state``).
 3. Box metrics (mAP50 per class) on the held-out boxed images; image-level AUC/MCC on every held-out image
    after the validators' level-0 preparation (224x224, JPEG q75), with the logistic head's numbers out of
    fold (grouped K-fold over the held-out units), then the head refitted on all of them for the card.
@@ -40,6 +40,7 @@ from loguru import logger
 from PIL import Image
 
 from roadminer.core.scoring import auc, prob_mcc, to_label
+from roadminer.imaging.augment import photometric
 from roadminer.models.detector import (
     FORMAT,
     apply_head,
@@ -150,9 +151,16 @@ def build_yolo_dataset(
     holdout_sources: Sequence[str] = (),
     max_negatives_per_source: int | None = 200,
     quality: int = 90,
+    distorted_copies: int = 0,
+    distortion_level: int = 3,
 ) -> dict[str, Any]:
     """Write ``out/images/{train,val}``, ``out/labels/{train,val}``, ``out/images/eval_only`` (held-out
-    positives without boxes), ``out/data.yaml`` and ``out/eval.csv``; returns counts and the split."""
+    positives without boxes), ``out/data.yaml`` and ``out/eval.csv``; returns counts and the split.
+
+    ``distorted_copies`` adds that many copies of every training image with the photometric distortions of
+    augmentation ``distortion_level`` (blur, noise, JPEG down-up, contrast, saturation; seeded, boxes
+    unchanged), so the detector also learns the validators' level-3 look. ``val_frac=0`` puts everything in
+    training (ultralytics then validates on the training images)."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -190,13 +198,26 @@ def build_yolo_dataset(
         ipath = out / "images" / folder / f"{stem}.jpg"
         ipath.parent.mkdir(parents=True, exist_ok=True)
         img.save(ipath, "JPEG", quality=quality)
+        copies = [(stem, img)]
+        if folder == "train":
+            base = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            for j in range(distorted_copies):
+                rng_j = np.random.default_rng([seed, len(used), j])
+                arr = photometric(base, distortion_level, rng_j)
+                copy = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+                copy.save(ipath.with_name(f"{stem}__d{j}.jpg"), "JPEG", quality=quality)
+                copies.append((f"{stem}__d{j}", copy))
         if folder != "eval_only":
-            lpath = out / "labels" / folder / f"{stem}.txt"
-            lpath.parent.mkdir(parents=True, exist_ok=True)
-            lpath.write_text("".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in boxes))
+            text = "".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in boxes)
+            for name, _ in copies:
+                lpath = out / "labels" / folder / f"{name}.txt"
+                lpath.parent.mkdir(parents=True, exist_ok=True)
+                lpath.write_text(text)
             for b in boxes:
                 box_counts[f"{folder}:{CLASS_NAMES[b.cls] if 0 <= b.cls < len(CLASS_NAMES) else b.cls}"] += 1
         counts[f"{folder}:{'pos' if s.label else 'neg'}"] += 1
+        if len(copies) > 1:
+            counts[f"{folder}:distorted"] += len(copies) - 1
         if split == "val":
             eval_rows.append(
                 {
@@ -208,7 +229,8 @@ def build_yolo_dataset(
                 }
             )
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
-    (out / "data.yaml").write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    val_dir = "images/val" if (out / "images" / "val").is_dir() else "images/train"
+    (out / "data.yaml").write_text(f"path: {out.resolve()}\ntrain: images/train\nval: {val_dir}\nnames:\n{names}\n")
     with (out / "eval.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "label", "source", "key", "has_boxes"])
         w.writeheader()
@@ -313,11 +335,30 @@ def _patch_without_polars() -> None:
         BaseTrainer.read_results_csv = read_results_csv  # type: ignore[method-assign]
 
 
-def train_detector(
-    data: str | Path,
-    out: str | Path,
-    work_dir: str | Path | None = None,
-    model: str = "yolo11n.yaml",
+def init_state(path: str | Path, model: Any, max_layer: int = 23) -> dict[str, Any]:
+    """Tensors of a safetensors checkpoint (e.g. the COCO YOLOv5n) for ``model``'s layers ``0..max_layer``:
+    every such key of the model must be in the file with the same shape (else ValueError); the layers above
+    (the detection head, sized for our classes) keep their fresh initialisation."""
+    from safetensors.torch import load_file
+
+    src = load_file(str(path))
+    want = {k: v for k, v in model.state_dict().items() if k.split(".")[0] == "model"
+            and k.split(".")[1].isdigit() and int(k.split(".")[1]) <= max_layer}
+    missing = sorted(k for k in want if k not in src)
+    wrong = sorted(k for k in want if k in src and tuple(src[k].shape) != tuple(want[k].shape))
+    if not want or missing or wrong:
+        raise ValueError(f"{path} does not fit layers 0-{max_layer} of the architecture: missing {missing[:4]} "
+                         f"({len(missing)}), wrong shape {wrong[:4]} ({len(wrong)})")
+    return {k: src[k].to(want[k].dtype) for k in want}
+
+
+def train_yolo(
+    dataset_yaml: str | Path,
+    work: Path,
+    *,
+    model: str = "yolov5n.yaml",
+    init: str | Path | None = None,
+    init_max_layer: int = 23,
     epochs: int = 30,
     time_min: float | None = None,
     imgsz: int = 256,
@@ -325,44 +366,39 @@ def train_detector(
     device: str = "cpu",
     workers: int = 2,
     seed: int = 0,
-    val_frac: float = 0.2,
-    holdout_sources: Sequence[str] = (),
-    max_negatives_per_source: int | None = 200,
     cache: bool = True,
     extra_args: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Build the dataset, train, measure; writes ``OUT.safetensors`` + ``OUT.card.json``, returns the card."""
+) -> Any:
+    """Train an ultralytics architecture (``model`` yaml) on a YOLO dataset; with ``init``, layers
+    ``0..init_max_layer`` start from that safetensors checkpoint (loaded when training starts, after
+    ultralytics has rebuilt the model for our classes). Returns the ``YOLO`` holding the trained weights."""
     if not str(model).endswith((".yaml", ".yml")):
-        raise ValueError(f"model {model!r}: give an ultralytics architecture yaml (training starts from random init)")
-    t0 = time.time()
-    out = Path(out)
-    weights_out = out if out.suffix == ".safetensors" else out.with_name(out.name + ".safetensors")
-    weights_out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(work_dir) if work_dir else weights_out.parent / f"{weights_out.stem}_work"
-    work.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"model {model!r}: give an ultralytics architecture yaml (never a .pt pickle)")
     configure_ultralytics_env(work / "ultralytics_cfg")
-
-    samples = load_dataset(data)
-    logger.info("detector data: {} images, {} with boxes", len(samples), sum(s.has_boxes for s in samples))
-    ds = work / "yolo_ds"
-    split = build_yolo_dataset(
-        samples,
-        ds,
-        size=imgsz,
-        val_frac=val_frac,
-        seed=seed,
-        holdout_sources=holdout_sources,
-        max_negatives_per_source=max_negatives_per_source,
-    )
-    logger.info("YOLO dataset {}: {} boxes {}", ds, split["counts"], split["boxes"])
-
     from roadminer.models.detector import import_yolo
 
     YOLO = import_yolo()
     _patch_without_polars()
     yolo = YOLO(model)
+    if init is not None:
+        init_state(init, yolo.model, init_max_layer)  # fail before training if the file does not fit
+
+        def load_init(trainer: Any) -> None:
+            """After ultralytics built the model for our classes, its optimizer and its EMA copy: the tensors
+            are copied in place, so both keep pointing at them."""
+            import torch
+
+            state = init_state(init, trainer.model, init_max_layer)
+            with torch.no_grad():
+                trainer.model.load_state_dict(state, strict=False)
+                ema = getattr(getattr(trainer, "ema", None), "ema", None)
+                if ema is not None:
+                    ema.load_state_dict(state, strict=False)
+            logger.info("detector: {} tensors of layers 0-{} from {}", len(state), init_max_layer, init)
+
+        yolo.add_callback("on_pretrain_routine_end", load_init)
     args: dict[str, Any] = {
-        "data": str(ds / "data.yaml"),
+        "data": str(dataset_yaml),
         "epochs": int(epochs),
         "imgsz": int(imgsz),
         "batch": int(batch),
@@ -383,6 +419,58 @@ def train_detector(
         args["time"] = float(time_min) / 60.0
     args.update(extra_args or {})
     yolo.train(**args)  # afterwards yolo.model holds the best epoch's weights
+    return yolo
+
+
+def train_detector(
+    data: str | Path,
+    out: str | Path,
+    work_dir: str | Path | None = None,
+    model: str = "yolo11n.yaml",
+    epochs: int = 30,
+    time_min: float | None = None,
+    imgsz: int = 256,
+    batch: int = 32,
+    device: str = "cpu",
+    workers: int = 2,
+    seed: int = 0,
+    val_frac: float = 0.2,
+    holdout_sources: Sequence[str] = (),
+    max_negatives_per_source: int | None = 200,
+    cache: bool = True,
+    extra_args: dict[str, Any] | None = None,
+    init: str | Path | None = None,
+    dataset_size: int | None = None,
+    distorted_copies: int = 0,
+) -> dict[str, Any]:
+    """Build the dataset, train, measure; writes ``OUT.safetensors`` + ``OUT.card.json``, returns the card."""
+    if not str(model).endswith((".yaml", ".yml")):
+        raise ValueError(f"model {model!r}: give an ultralytics architecture yaml (never a .pt pickle)")
+    t0 = time.time()
+    out = Path(out)
+    weights_out = out if out.suffix == ".safetensors" else out.with_name(out.name + ".safetensors")
+    weights_out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(work_dir) if work_dir else weights_out.parent / f"{weights_out.stem}_work"
+    work.mkdir(parents=True, exist_ok=True)
+    configure_ultralytics_env(work / "ultralytics_cfg")
+
+    samples = load_dataset(data)
+    logger.info("detector data: {} images, {} with boxes", len(samples), sum(s.has_boxes for s in samples))
+    ds = work / "yolo_ds"
+    split = build_yolo_dataset(
+        samples,
+        ds,
+        size=dataset_size or imgsz,
+        val_frac=val_frac,
+        seed=seed,
+        holdout_sources=holdout_sources,
+        max_negatives_per_source=max_negatives_per_source,
+        distorted_copies=distorted_copies,
+    )
+    logger.info("YOLO dataset {}: {} boxes {}", ds, split["counts"], split["boxes"])
+    yolo = train_yolo(ds / "data.yaml", work, model=model, init=init, epochs=epochs, time_min=time_min,
+                      imgsz=imgsz, batch=batch, device=device, workers=workers, seed=seed, cache=cache,
+                      extra_args=extra_args)
     version = weights_out.stem
     save_yolo(yolo.model, weights_out, imgsz=imgsz, head=default_head(len(CLASS_NAMES)), version=version)
     train_s = time.time() - t0
@@ -443,7 +531,7 @@ def train_detector(
                 "device": device,
                 "seed": int(seed),
                 "amp": False,
-                "pretrained": None,
+                "pretrained": str(init) if init else None,
                 "train_seconds": round(train_s, 1),
             },
             "licence": "weights trained with ultralytics (AGPL-3.0); data research-only (see the data README)",

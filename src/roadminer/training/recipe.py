@@ -72,11 +72,68 @@ class TrainRecipe(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainRecipe:
-        path = Path(path)
+        rec = load_recipe(path)
+        if not isinstance(rec, cls):
+            raise ValueError(f"{path}: a detector recipe, not a classifier recipe")
+        return rec
+
+
+class RecipeDetector(_Strict):
+    """The YOLO detector tier: dataset build (``build_yolo_dataset``) and ultralytics training."""
+
+    model: str = "yolov5n.yaml"  # ultralytics architecture yaml (never a .pt)
+    init: str | None = None  # safetensors for layers 0..init_max_layer (e.g. the COCO YOLOv5n); --init overrides
+    init_max_layer: int = 23
+    dataset_size: int = 224  # square crop size of the written images (what validators send)
+    imgsz: int = 320  # training and inference size (multiple of 32)
+    epochs: int = 30
+    time_min: float | None = None  # per training; ultralytics then fits the epochs to it (machine-dependent)
+    batch: int = 64
+    seed: int = 0
+    max_negatives_per_source: int | None = 200
+    distorted_copies: int = 1
+    conf: float = 0.05  # detections from this confidence enter the features
+    train_args: dict[str, float | int | str | bool] = Field(default_factory=dict)  # more ultralytics arguments
+
+    @field_validator("imgsz")
+    @classmethod
+    def _mult32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError("imgsz must be a multiple of 32")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _yaml(cls, v: str) -> str:
+        if not v.endswith((".yaml", ".yml")):
+            raise ValueError("model must be an ultralytics architecture yaml (no .pt: those are pickles)")
+        return v
+
+
+class DetectorRecipe(_Strict):
+    """A detector recipe file: the same data copy as the classifiers, leave-one-source-out runs scored on the
+    classifiers' evaluation views (``eval_seed``), then the shipped detector and its head."""
+
+    name: str
+    description: str = ""
+    data: RecipeData = Field(default_factory=RecipeData)
+    detector: RecipeDetector = Field(default_factory=RecipeDetector)
+    eval_seed: int = 1234
+    workers: int = 0  # render processes; 0 = one per CPU core
+    parallel: int = 4  # detector trainings at once (each gets cores / parallel data-loader workers)
+
+
+def load_recipe(path: str | Path) -> TrainRecipe | DetectorRecipe:
+    """A recipe file: a ``detector:`` section makes it a detector recipe, otherwise a classifier one."""
+    path = Path(path)
+    try:
         raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a recipe is a mapping")
-        try:
-            return cls.model_validate(raw)
-        except Exception as e:
-            raise ValueError(f"{path}: {e}") from e
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe is a mapping")
+    kind: type[TrainRecipe] | type[DetectorRecipe] = DetectorRecipe if "detector" in raw else TrainRecipe
+    try:
+        return kind.model_validate(raw)
+    except Exception as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -57,17 +57,41 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int | None, typer.Option("--workers", help="render processes (default: cores)")] = None,
         max_steps: Annotated[int | None, typer.Option("--max-steps", help="cap fit steps (smoke runs)")] = None,
         no_final: Annotated[bool, typer.Option("--no-final", help="only the CV runs")] = False,
+        init: Annotated[
+            str | None,
+            typer.Option("--init", help="detector recipes: starting weights (.safetensors, '' = none)"),
+        ] = None,
+        parallel: Annotated[int | None, typer.Option("--parallel", help="detector trainings at once")] = None,
     ) -> None:
-        """Re-make a classifier from a recipe file: data copy, seeded view bank, CV folds, final fit, card."""
-        from roadminer.training.recipe import TrainRecipe
-        from roadminer.training.recipe_run import run_recipe
+        """Re-make a shipped model from a recipe file. A classifier: data copy, seeded view bank, CV folds,
+        final fit, card. A detector (``detector:`` section): leave-one-source-out detectors on the same
+        evaluation views (``--cv source``), the shipped detector and its head, card."""
+        from roadminer.training.recipe import DetectorRecipe, load_recipe
+        from roadminer.training.recipe_run import prepare_data, run_recipe
 
         try:
-            rec = TrainRecipe.from_yaml(recipe)
+            rec = load_recipe(recipe)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
         from roadminer.training.data import DatasetError
 
+        if isinstance(rec, DetectorRecipe):
+            from roadminer.training.detector_recipe import run_detector_recipe
+
+            unknown = [c for c in cv or [] if c != "source"]
+            if unknown:
+                raise typer.BadParameter(f"detector recipes cross-validate by source only, not {unknown}")
+            try:
+                root = data if prepared else prepare_data(rec, data, out.parent)
+                summary = run_detector_recipe(
+                    rec, root, out, cv=bool(cv), report=report, init=init, device=device,
+                    workers=workers if workers is not None else rec.workers, parallel=parallel,
+                    recipe_path=recipe,
+                )
+            except (DatasetError, FileNotFoundError) as e:
+                raise typer.BadParameter(str(e)) from None
+            typer.echo(json.dumps(summary, indent=1))
+            return
         try:
             summary = run_recipe(
                 rec, data, out, cv=cv or [], report=report, prepared=prepared, device=device,

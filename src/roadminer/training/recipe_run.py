@@ -15,10 +15,10 @@ from roadminer.models.classifier import save_classifier
 from roadminer.training.bank import cross_validate_bank, fit_bank, render_bank, resolve_device, summarize_rows
 from roadminer.training.data import export_downsized, load_image_folder, summarize
 from roadminer.training.evaluate import loso_report
-from roadminer.training.recipe import TrainRecipe
+from roadminer.training.recipe import DetectorRecipe, TrainRecipe
 
 
-def prepare_data(rec: TrainRecipe, data: Path, work: Path) -> Path:
+def prepare_data(rec: TrainRecipe | DetectorRecipe, data: Path, work: Path) -> Path:
     """The recipe's training copy of ``data`` under ``work`` (made once; reused when its stamp matches)."""
     d = rec.data
     stamp = json.dumps(d.model_dump(), sort_keys=True) + str(data.resolve())

@@ -120,12 +120,14 @@ def test_router_keeps_the_shipped_consensus_with_a_judge_appended() -> None:
             return TierOutput(prob=np.full(len(batch), self.p))
 
     shipped = ConsensusParams.load(ASSETS_DIR / "models" / "cascade_consensus.json")
-    tiers = [Fixed("classifier", 0.6), Fixed("classifier2", 0.55), Fixed("vlm", 0.95)]
+    p0 = 0.5  # Lite0 undecided: the shipped stage 0 keeps it in (checked first, so a refit says so here)
+    assert float(shipped.stage_prob(0, np.array([[p0]]))[0]) < shipped.exit_confidence[0]
+    tiers = [Fixed("classifier", p0), Fixed("classifier2", 0.55), Fixed("vlm", 0.95)]
     router = EarlyExitRouter(tiers, [1.0, 1.0, 2.0], [0.865, None, None], consensus=shipped)
     assert router.consensus.fitted and router.version.endswith("/stacked")
     res = router.predict(ImageBatch(rgb=[np.zeros((8, 8, 3), np.uint8)] * 2))
-    assert res.exit_tier == ["vlm", "vlm"]  # 0.6 is not confident enough to leave after Lite0
-    z1 = shipped.stages[1].log_odds(np.array([[0.6, 0.55]]))[0]
+    assert res.exit_tier == ["vlm", "vlm"]
+    z1 = shipped.stages[1].log_odds(np.array([[p0, 0.55]]))[0]
     expected = 1 / (1 + np.exp(-(0.5 * z1 + 0.5 * logit(0.95))))
     assert res.prob[0] == pytest.approx(expected)
     # A consensus for other tiers is still dropped for plain weights.

@@ -3,9 +3,7 @@ command (``train-recipe``) makes a loadable classifier and its card. Real shared
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,37 +17,15 @@ from roadminer.models.classifier import load_classifier
 from roadminer.training.bank import fit_bank, folds_for, predict_eval, render_bank, row_weights
 from roadminer.training.data import load_image_folder
 from roadminer.training.recipe import RecipeBank, RecipeFit, TrainRecipe
+from testkit.data import tiny_copy
 
 REPO = Path(__file__).resolve().parents[3]
-RECIPES = sorted((REPO / "configs" / "train").glob("*.yaml"))
-
-
-def _tiny_copy(shared: Path, dst: Path) -> Path:
-    """A few real photos per source (incl. boxed positives and two wzcity cities), copied to a temp dir."""
-    rows = list(csv.DictReader((shared / "manifest.csv").open()))
-    keep: list[dict[str, str]] = []
-    for source in ("tracon", "camvid", "gtsdb", "kagan", "pranav"):
-        mine = sorted((r for r in rows if r["source"] == source), key=lambda r: (r["has_boxes"] != "1", r["file"]))
-        keep += mine[:3]
-    for city in ("wzcity:denver", "wzcity:houston"):
-        keep += sorted((r for r in rows if r["group"] == city), key=lambda r: r["file"])[:2]
-    for r in keep:
-        (dst / r["file"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shared / r["file"], dst / r["file"])
-        if r["has_boxes"] == "1":
-            stem = Path(r["file"]).stem
-            (dst / "labels" / r["label"]).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shared / "labels" / r["label"] / f"{stem}.txt", dst / "labels" / r["label"] / f"{stem}.txt")
-    with (dst / "manifest.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
-    return dst
+RECIPES = sorted(p for p in (REPO / "configs" / "train").glob("*.yaml") if p.stem != "detector")  # classifiers
 
 
 @pytest.fixture(scope="module")
 def tiny(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_copy(shared_data, tmp_path_factory.mktemp("tiny"))
+    return tiny_copy(shared_data, tmp_path_factory.mktemp("tiny"))
 
 
 SMALL = RecipeBank(views_scale=2, kmin=1, kmax=2, paste_frac=0.5)
