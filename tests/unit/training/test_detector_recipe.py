@@ -142,3 +142,19 @@ def test_train_recipe_detector_cv_writes_stackable_rows(tiny: Path, tmp_path: Pa
     r = CliRunner().invoke(app, ["train-recipe", str(recipe), "--data", str(tiny), "--prepared", "--out", str(out),
                                  "--cv", "group:wzcity"])
     assert r.exit_code == 2 and "by source only" in r.output
+
+
+def test_detector_rows_are_the_classifiers_evaluation_views(tiny: Path) -> None:
+    """The detector's out-of-fold rows are scored on exactly the views a classifier recipe's CV scores."""
+    import torch
+
+    from roadminer.training.bank import render_bank, render_eval_views
+    from roadminer.training.recipe import RecipeBank
+
+    samples = load_image_folder(tiny)
+    bank = render_bank(samples, RecipeBank(views_scale=1, kmin=1, kmax=1, paste_frac=0.0), eval_seed=1234,
+                       workers=2, device=torch.device("cpu"))
+    views = render_eval_views(samples, 1234, workers=1)
+    assert views.shape == (4 * len(samples), 224, 224, 3)
+    assert np.array_equal(views, bank.eval_views.numpy())
+    assert not np.array_equal(views, render_eval_views(samples, 99, workers=2))
