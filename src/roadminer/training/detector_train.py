@@ -57,6 +57,7 @@ from roadminer.models.detector import (
 from roadminer.training.data import CLASS_NAMES, Box, Sample, export_downsized, load_dataset
 
 DATASET_SPLITS = ("train", "val", "test")
+PROBE_IMAGES = 32  # ultralytics' end-of-training validation set when nothing is held out
 MIN_BOX_VISIBLE = 0.4
 
 
@@ -160,7 +161,7 @@ def build_yolo_dataset(
     ``distorted_copies`` adds that many copies of every training image with the photometric distortions of
     augmentation ``distortion_level`` (blur, noise, JPEG down-up, contrast, saturation; seeded, boxes
     unchanged), so the detector also learns the validators' level-3 look. ``val_frac=0`` puts everything in
-    training (ultralytics then validates on the training images)."""
+    training (ultralytics then validates on a probe of ``PROBE_IMAGES`` training images)."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -229,7 +230,17 @@ def build_yolo_dataset(
                 }
             )
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
-    val_dir = "images/val" if (out / "images" / "val").is_dir() else "images/train"
+    val_dir = "images/val"
+    if not (out / "images" / "val").is_dir():  # nothing held out: ultralytics still wants a val set; a small probe
+        val_dir = "images/probe"
+        probe = sorted((out / "images" / "train").glob("*.jpg"))[:PROBE_IMAGES]
+        for sub in ("images", "labels"):
+            (out / sub / "probe").mkdir(parents=True, exist_ok=True)
+        for img_path in probe:
+            shutil.copy(img_path, out / "images" / "probe" / img_path.name)
+            lab = out / "labels" / "train" / f"{img_path.stem}.txt"
+            if lab.is_file():
+                shutil.copy(lab, out / "labels" / "probe" / lab.name)
     (out / "data.yaml").write_text(f"path: {out.resolve()}\ntrain: images/train\nval: {val_dir}\nnames:\n{names}\n")
     with (out / "eval.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "label", "source", "key", "has_boxes"])

@@ -62,7 +62,9 @@ def test_photometric_copies_keep_their_boxes(tiny: Path, tmp_path: Path) -> None
 
     info = build_yolo_dataset(load_image_folder(tiny), tmp_path / "ds", size=224, val_frac=0.0,
                               distorted_copies=1, max_negatives_per_source=None)
-    assert "val: images/train" in (tmp_path / "ds" / "data.yaml").read_text()  # nothing held out
+    assert "val: images/probe" in (tmp_path / "ds" / "data.yaml").read_text()  # nothing held out
+    probe = sorted(p.name for p in (tmp_path / "ds" / "images" / "probe").iterdir())
+    assert 0 < len(probe) <= 32 and all((tmp_path / "ds" / "images" / "train" / n).is_file() for n in probe)
     labels = tmp_path / "ds" / "labels" / "train"
     originals = sorted(p for p in labels.glob("*.txt") if not p.stem.endswith("__d0"))
     assert info["counts"]["train:distorted"] == len(originals) > 0
