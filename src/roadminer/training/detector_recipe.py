@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from roadminer.core.logging_setup import setup_logging
 from roadminer.core.scoring import auc, binary_metrics
 from roadminer.models.detector import (
     apply_head,
@@ -50,6 +51,7 @@ def _train_one(
 ) -> tuple[str, str, float, int]:
     """One detector (spawned process): the images not held out -> ``WORK/NAME.safetensors``."""
     name, root, held, det_json, init, device, workers, work = job
+    setup_logging()  # a spawned process starts with loguru's default sink: log as the parent does
     det = RecipeDetector.model_validate(det_json)
     t0 = time.time()
     samples = [s for s, h in zip(load_image_folder(root), held, strict=True) if not h]
