@@ -156,6 +156,9 @@ def run_detector_recipe(
                                "train_seconds": {k: round(v[1], 1) for k, v in done.items()},
                                "epochs": {k: v[2] for k, v in done.items()}}
     head = default_head(len(CLASS_NAMES))
+    if not cv:
+        logger.warning("no --cv source: the detector keeps the default head (P rises with the best detection); "
+                       "its head is fitted on out-of-fold features only")
     if cv and views is not None:
         f_names = feature_names(CLASS_NAMES)
         feats = np.zeros((4, n, len(f_names)))
