@@ -20,7 +20,12 @@ MARGIN = 0.05
 
 @pytest.mark.slow
 def test_shipped_cascade_keeps_its_card_mcc_on_real_photos(shared_data: Path) -> None:
-    card = json.loads(CARD.read_text())["regression_sample"]
+    report = json.loads(CARD.read_text())
+    assert "regression_sample" in report, (
+        "cascade.card.json has no regression_sample (a fresh `cascade-stack --report` writes none): measure the "
+        "shipped cascade on training.evaluate.regression_sample and record it (docs/model_card.md, Regression guard)"
+    )
+    card = report["regression_sample"]
     sample = regression_sample(load_image_folder(shared_data), card["per_cell"])
     assert len(sample) == card["n"], "the regression sample changed: re-measure it (docs/model_card.md)"
     router = EarlyExitRouter.from_config(Settings().cascade)
