@@ -22,8 +22,8 @@ MARGIN = 0.05
 def test_shipped_cascade_keeps_its_card_mcc_on_real_photos(shared_data: Path) -> None:
     report = json.loads(CARD.read_text())
     assert "regression_sample" in report, (
-        "cascade.card.json has no regression_sample (a fresh `cascade-stack --report` writes none): measure the "
-        "shipped cascade on training.evaluate.regression_sample and record it (docs/model_card.md, Regression guard)"
+        "cascade.card.json has no regression_sample (a fresh `cascade-stack --report` writes none): record it with "
+        "`roadminer eval --images DATA --regression-sample 6 --record CARD` (docs/model_card.md, Regression guard)"
     )
     card = report["regression_sample"]
     sample = regression_sample(load_image_folder(shared_data), card["per_cell"])
@@ -32,3 +32,25 @@ def test_shipped_cascade_keeps_its_card_mcc_on_real_photos(shared_data: Path) ->
     res = evaluate_router(router, sample, levels=(0, 1, 2, 3), seed=card["seed"], progress=False)
     assert res["mcc"] >= card["mcc"] - MARGIN, (res["mcc"], card)
     assert res["accuracy"] >= card["accuracy"] - MARGIN, (res["accuracy"], card)
+
+
+@pytest.mark.slow
+def test_eval_records_the_regression_figure_it_prints(shared_data: Path, tmp_path: Path) -> None:
+    """The command the card names re-measures the guard's figure and writes it where the test above reads it."""
+    from typer.testing import CliRunner
+
+    from roadminer.cli import app
+
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"tiers": ["classifier", "classifier2"]}))
+    args = ["eval", "--images", str(shared_data), "--regression-sample", "1", "--levels", "0,3"]
+    r = CliRunner().invoke(app, [*args, "--record", str(card)])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.output.strip().splitlines()[-1])
+    saved = json.loads(card.read_text())
+    assert saved["tiers"] == ["classifier", "classifier2"]  # the rest of the card is kept
+    rec = saved["regression_sample"]
+    assert rec["mcc"] == printed["mcc"] and rec["accuracy"] == printed["accuracy"]
+    assert rec["n"] == len(regression_sample(load_image_folder(shared_data), 1)) and rec["levels"] == [0, 3]
+    r = CliRunner().invoke(app, ["eval", "--images", str(shared_data), "--record", str(card)])
+    assert r.exit_code == 2 and "--regression-sample" in r.output

@@ -78,6 +78,14 @@ def register(app: typer.Typer) -> None:
         sets: Annotated[
             list[str] | None, typer.Option("--set", help="dotted overrides, e.g. cascade.bias=0.1")
         ] = None,
+        regression: Annotated[
+            int | None,
+            typer.Option("--regression-sample", help="only the fixed regression sample: N images per source and label"),
+        ] = None,
+        record: Annotated[
+            Path | None,
+            typer.Option("--record", help="with --regression-sample: write the figure into this card"),
+        ] = None,
     ) -> None:
         """Evaluate the configured cascade on labelled images at validator augmentation levels."""
         import numpy as np
@@ -89,6 +97,10 @@ def register(app: typer.Typer) -> None:
 
         if cv is not None and cv not in CV_GROUPS:
             raise typer.BadParameter("--cv must be 'source' or 'group'")
+        if record is not None and (regression is None or cv is not None):
+            raise typer.BadParameter("--record needs --regression-sample (and no --cv)", param_hint="--record")
+        if record is not None and not record.is_file():
+            raise typer.BadParameter(f"{record}: no such card", param_hint="--record")
 
         lv = parse_levels(levels)
         settings = load_settings(config, parse_sets(sets))
@@ -96,6 +108,10 @@ def register(app: typer.Typer) -> None:
             samples = load_dataset(images)
         except DatasetError as e:
             raise typer.BadParameter(str(e)) from None
+        if regression is not None:
+            from roadminer.training.evaluate import regression_sample
+
+            samples = regression_sample(samples, regression)
         if limit is not None and limit < len(samples):
             idx = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
             samples = [samples[i] for i in sorted(idx)]
@@ -114,6 +130,17 @@ def register(app: typer.Typer) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text + "\n")
         summary = {k: result.get(k) for k in ("n", "mcc", "accuracy", "auc", "brier")}
+        if record is not None:
+            card = json.loads(record.read_text())
+            card["regression_sample"] = {
+                "per_cell": regression, "n": len(samples), "seed": seed, "levels": lv,
+                "mcc": round(float(result["mcc"]), 4), "accuracy": round(float(result["accuracy"]), 4),
+                "cascade": router.version,
+                "note": "same-data figure: these photos are in the training set; the test guards against "
+                        "regressions, it is not a quality estimate",
+            }
+            record.write_text(json.dumps(card, indent=1) + "\n")
+            summary["recorded"] = str(record)
         if cv:
             rep = result["report"]
             summary = {
