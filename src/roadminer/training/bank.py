@@ -139,9 +139,10 @@ def render_bank(
     tasks: list[Any] = []
     roles: list[str] = []
     lp = tuple(cfg.level_p)
+    lp_neg = tuple(cfg.level_p_negative) if cfg.level_p_negative is not None else lp
     for i, s in enumerate(samples):
         for k in range(int(k_img[i])):
-            tasks.append((i, k, cfg.seed, lp, cfg.real_flip_share, "plain"))
+            tasks.append((i, k, cfg.seed, lp_neg if s.label == 0 else lp, cfg.real_flip_share, "plain"))
             roles.append("plain")
         if s.label == 0 and banks and cfg.paste_frac > 0:
             for k in range(max(2, int(k_img[i] * cfg.paste_frac))):

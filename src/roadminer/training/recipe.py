@@ -34,14 +34,17 @@ class RecipeBank(_Strict):
     kmin: int = 6
     kmax: int = 48
     level_p: list[float] = Field(default_factory=lambda: [0.2, 0.25, 0.25, 0.3])
+    # The level mix of the negatives' plain views when set (e.g. more level 3: hard negatives, since level-3
+    # distortions mostly make negatives look like road work; docs/model_card.md). None: ``level_p`` for all.
+    level_p_negative: list[float] | None = None
     paste_frac: float = 0.4  # copy-paste views rendered per negative image, as a share of its K
     real_flip_share: float = 0.25
 
-    @field_validator("level_p")
+    @field_validator("level_p", "level_p_negative")
     @classmethod
-    def _levels(cls, v: list[float]) -> list[float]:
-        if len(v) != 4 or abs(sum(v) - 1.0) > 1e-6 or min(v) < 0:
-            raise ValueError("level_p needs four non-negative shares (levels 0-3) that sum to 1")
+    def _levels(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 4 or abs(sum(v) - 1.0) > 1e-6 or min(v) < 0):
+            raise ValueError("a level mix needs four non-negative shares (levels 0-3) that sum to 1")
         return v
 
 

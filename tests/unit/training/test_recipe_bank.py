@@ -109,3 +109,20 @@ def test_train_recipe_refuses_a_missing_dataset_clearly(tmp_path: Path) -> None:
                                  "--out", str(tmp_path / "m.safetensors")])
     assert r.exit_code == 2 and "dataset not found" in r.output, r.output
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_negatives_can_have_their_own_level_mix(tiny: Path) -> None:
+    """``level_p_negative``: the negatives' plain views follow their own mix (here all level 3), positives and
+    copy-paste views keep ``level_p``, and the recipe default leaves the bank as it was."""
+    samples = load_image_folder(tiny)
+    cpu = torch.device("cpu")
+    mix = {"level_p_negative": [0, 0, 0, 1.0], "level_p": [1.0, 0, 0, 0]}
+    hard = render_bank(samples, SMALL.model_copy(update=mix), workers=2, device=cpu)
+    label, level = hard.meta[:, 1], hard.meta[:, 2]
+    plain = hard.roles == "plain"
+    assert set(level[plain & (label == 0)].tolist()) == {3}
+    assert set(level[plain & (label == 1)].tolist()) == {0}
+    assert set(level[hard.roles == "paste"].tolist()) == {0}
+    assert RecipeBank().level_p_negative is None
+    with pytest.raises(ValueError, match="level mix"):
+        RecipeBank(level_p_negative=[0.5, 0.5, 0.5, 0])
