@@ -54,3 +54,6 @@ def test_eval_records_the_regression_figure_it_prints(shared_data: Path, tmp_pat
     assert rec["n"] == len(regression_sample(load_image_folder(shared_data), 1)) and rec["levels"] == [0, 3]
     r = CliRunner().invoke(app, ["eval", "--images", str(shared_data), "--record", str(card)])
     assert r.exit_code == 2 and "--regression-sample" in r.output
+    r = CliRunner().invoke(app, [*args, "--limit", "3", "--record", str(card)])
+    assert r.exit_code == 2 and "--limit" in r.output
+    assert json.loads(card.read_text())["regression_sample"] == rec  # a refused call leaves the card alone

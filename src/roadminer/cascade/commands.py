@@ -97,8 +97,9 @@ def register(app: typer.Typer) -> None:
 
         if cv is not None and cv not in CV_GROUPS:
             raise typer.BadParameter("--cv must be 'source' or 'group'")
-        if record is not None and (regression is None or cv is not None):
-            raise typer.BadParameter("--record needs --regression-sample (and no --cv)", param_hint="--record")
+        if record is not None and (regression is None or cv is not None or limit is not None):
+            raise typer.BadParameter("--record needs --regression-sample (and no --cv or --limit: the guard "
+                                     "re-draws the whole sample)", param_hint="--record")
         if record is not None and not record.is_file():
             raise typer.BadParameter(f"{record}: no such card", param_hint="--record")
 

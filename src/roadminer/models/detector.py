@@ -118,13 +118,17 @@ def default_head(n_classes: int = len(CLASS_NAMES)) -> dict[str, Any]:
     return {"features": feature_names(CLASS_NAMES[:n_classes]), "coef": coef, "intercept": -2.8}
 
 
-def apply_head(head: dict[str, Any], feats: np.ndarray) -> np.ndarray:
+def head_logit(head: dict[str, Any], feats: np.ndarray) -> np.ndarray:
+    """The head's log-odds of road work for each feature row."""
     coef = np.asarray(head["coef"], dtype=np.float64)
     feats = np.atleast_2d(np.asarray(feats, dtype=np.float64))
     if feats.shape[1] != coef.size:
         raise ValueError(f"head expects {coef.size} features, got {feats.shape[1]}")
-    z = feats @ coef + float(head.get("intercept", 0.0))
-    return 1.0 / (1.0 + np.exp(-z))
+    return feats @ coef + float(head.get("intercept", 0.0))
+
+
+def apply_head(head: dict[str, Any], feats: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-head_logit(head, feats)))
 
 
 def fit_head(feats: np.ndarray, labels: np.ndarray, c: float = 1.0) -> dict[str, Any]:

@@ -29,10 +29,10 @@ from loguru import logger
 from roadminer.core.logging_setup import setup_logging
 from roadminer.core.scoring import auc, binary_metrics
 from roadminer.models.detector import (
-    apply_head,
     default_head,
     feature_names,
     fit_head,
+    head_logit,
     save_yolo,
     set_yolo_head,
     sha256_file,
@@ -91,8 +91,7 @@ def loso_head_logits(feats: np.ndarray, samples: list[Sample]) -> np.ndarray:
     for s in sorted(set(src.tolist())):
         m = src == s
         head = fit_head(feats[:, ~m].reshape(-1, f), np.tile(y[~m], n_lv))
-        p = apply_head(head, feats[:, m].reshape(-1, f)).reshape(n_lv, -1)
-        out[:, m] = np.log(np.clip(p, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(p, 1e-6, 1 - 1e-6))
+        out[:, m] = head_logit(head, feats[:, m].reshape(-1, f)).reshape(n_lv, -1)
     return out
 
 
@@ -156,10 +155,10 @@ def run_detector_recipe(
                                "train_seconds": {k: round(v[1], 1) for k, v in done.items()},
                                "epochs": {k: v[2] for k, v in done.items()}}
     head = default_head(len(CLASS_NAMES))
-    if not cv:
+    if views is None:
         logger.warning("no --cv source: the detector keeps the default head (P rises with the best detection); "
                        "its head is fitted on out-of-fold features only")
-    if cv and views is not None:
+    else:
         f_names = feature_names(CLASS_NAMES)
         feats = np.zeros((4, n, len(f_names)))
         for name, held in folds:

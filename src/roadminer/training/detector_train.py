@@ -199,18 +199,17 @@ def build_yolo_dataset(
         ipath = out / "images" / folder / f"{stem}.jpg"
         ipath.parent.mkdir(parents=True, exist_ok=True)
         img.save(ipath, "JPEG", quality=quality)
-        copies = [(stem, img)]
+        copies = [stem]
         if folder == "train":
             base = np.asarray(img.convert("RGB"), dtype=np.uint8)
             for j in range(distorted_copies):
-                rng_j = np.random.default_rng([seed, len(used), j])
-                arr = photometric(base, distortion_level, rng_j)
-                copy = Image.fromarray(np.ascontiguousarray(arr), "RGB")
-                copy.save(ipath.with_name(f"{stem}__d{j}.jpg"), "JPEG", quality=quality)
-                copies.append((f"{stem}__d{j}", copy))
+                arr = photometric(base, distortion_level, np.random.default_rng([seed, len(used), j]))
+                Image.fromarray(np.ascontiguousarray(arr), "RGB").save(
+                    ipath.with_name(f"{stem}__d{j}.jpg"), "JPEG", quality=quality)
+                copies.append(f"{stem}__d{j}")
         if folder != "eval_only":
             text = "".join(f"{b.cls} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in boxes)
-            for name, _ in copies:
+            for name in copies:
                 lpath = out / "labels" / folder / f"{name}.txt"
                 lpath.parent.mkdir(parents=True, exist_ok=True)
                 lpath.write_text(text)
