@@ -57,3 +57,20 @@ def test_eval_records_the_regression_figure_it_prints(shared_data: Path, tmp_pat
     r = CliRunner().invoke(app, [*args, "--limit", "3", "--record", str(card)])
     assert r.exit_code == 2 and "--limit" in r.output
     assert json.loads(card.read_text())["regression_sample"] == rec  # a refused call leaves the card alone
+
+
+@pytest.mark.slow
+def test_shipped_cascade_does_not_answer_road_work_for_a_windshield_bonnet(shared_data: Path) -> None:
+    """The bonnet probe (docs/model_card.md): fixed negatives of every other source with the bottom 12% of a
+    `wzcity` windshield frame pasted in. The models trained without bonnet-strip negatives turned 0.167 of these
+    rows into road work (0.221 of unseen photos); the shipped ones 0.033."""
+    from roadminer.training.evaluate import strip_probe
+
+    samples = load_image_folder(shared_data)
+    negatives = [s for s in regression_sample(samples, 12) if s.label == 0 and s.source != "wzcity"]
+    donors = [s for s in samples if s.source == "wzcity"]
+    router = EarlyExitRouter.from_config(Settings().cascade)
+    res = strip_probe(router, negatives, donors, height=0.12, levels=(0, 3), seed=5)
+    assert res["n"] == 60
+    assert res["turned_by_strip"] <= 0.10, res
+    assert res["with_strip"]["fpr"] <= res["as_is"]["fpr"] + 0.10, res

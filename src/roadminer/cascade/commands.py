@@ -153,6 +153,65 @@ def register(app: typer.Typer) -> None:
             }
         typer.echo(json.dumps(summary))
 
+    @app.command("bonnet-probe")
+    def bonnet_probe(
+        images: Annotated[Path, typer.Option("--images", help="labelled dataset (negatives and donor frames)")],
+        donor: Annotated[str, typer.Option("--donor", help="source whose frames lend their bottom strip")] = "wzcity",
+        height: Annotated[float, typer.Option("--height", help="strip height, share of the image")] = 0.12,
+        levels: Annotated[str, typer.Option("--levels")] = "0,3",
+        seed: Annotated[int, typer.Option("--seed", help="view seed")] = 5,
+        sources: Annotated[
+            list[str] | None, typer.Option("--source", help="negatives of this source (repeatable; default: all "
+                                           "but the donor)")
+        ] = None,
+        not_in: Annotated[
+            Path | None, typer.Option("--not-in", help="skip negatives that are in this training copy (unseen only)")
+        ] = None,
+        max_per_source: Annotated[int, typer.Option("--max-per-source", help="seeded sample per source")] = 300,
+        out: Annotated[Path | None, typer.Option("--out", help="write the JSON report here")] = None,
+        config: Annotated[Path | None, typer.Option("--config")] = None,
+        sets: Annotated[list[str] | None, typer.Option("--set", help="dotted overrides")] = None,
+    ) -> None:
+        """Does the cascade answer road work because of a car's bonnet? False-positive rate on negatives as they
+        are and with the bottom strip of a donor source's frames (windshield video) pasted in."""
+        import numpy as np
+
+        from roadminer.cascade.router import EarlyExitRouter
+        from roadminer.core.cli_args import jsonable, parse_levels, parse_sets
+        from roadminer.core.config import load_settings
+        from roadminer.training.data import DatasetError, load_dataset
+        from roadminer.training.evaluate import strip_probe
+
+        if not 0 < height <= 0.5:
+            raise typer.BadParameter("--height is a share of the image height: 0 < h <= 0.5", param_hint="--height")
+        lv = parse_levels(levels)
+        settings = load_settings(config, parse_sets(sets))
+        try:
+            samples = load_dataset(images)
+            seen = {Path(s.name).stem for s in load_dataset(not_in)} if not_in is not None else set()
+        except DatasetError as e:
+            raise typer.BadParameter(str(e)) from None
+        donors = [s for s in samples if s.source == donor]
+        if not donors:
+            raise typer.BadParameter(f"no frames of source {donor!r} in {images}", param_hint="--donor")
+        wanted = set(sources) if sources else {s.source for s in samples} - {donor}
+        rng = np.random.default_rng(seed)
+        negatives = []
+        for src in sorted(wanted):
+            pool = [s for s in samples if s.source == src and s.label == 0 and Path(s.name).stem not in seen]
+            if len(pool) > max_per_source:
+                pool = [pool[i] for i in sorted(rng.choice(len(pool), max_per_source, replace=False))]
+            negatives.extend(pool)
+        if not negatives:
+            raise typer.BadParameter(f"no unseen negatives of {sorted(wanted)}", param_hint="--source")
+        router = EarlyExitRouter.from_settings(settings)
+        result = jsonable(strip_probe(router, negatives, donors, height, lv, seed))
+        result["cascade"] = router.version
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+        typer.echo(json.dumps(result))
+
     @app.command("cascade-stack")
     def cascade_stack(
         images: Annotated[Path, typer.Option("--images", help="the dataset the CV files scored")],

@@ -18,11 +18,11 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 # file name in assets/models -> sha256 hex. Update together with the file (and its card).
 SHA256: dict[str, str] = {
-    "roadwork_classifier.safetensors": "b1749f05288402c2fac0709503d36e49cf6926c4c7da9da98fe0935bdc4f2a7c",
-    "roadwork_classifier_lite2.safetensors": "23a155fcb8a136e6208c0d3ac0a047b0e2f015acbfd0fe6994c1e0b5be2745b3",
+    "roadwork_classifier.safetensors": "da9d651345ef46cb027b2dd99bc128fffbf8dbf6c9fd29706b99a0b922952539",
+    "roadwork_classifier_lite2.safetensors": "9be49a8c61fb3b45903d00d14fc86b26a183ec9078eff1015017f67da6774e39",
     "roadwork_yolo.safetensors": "87d2d5bbe95143b0c31dc65d895afb402ac78d3318d87dfe066be85c6828ed69",
     "colour_cue.json": "e10c04971cd6fc2a6988e751eb89d4e34cce7079244e599067b07c3125496ee3",
-    "cascade_consensus.json": "101b4d365fe0542262e650d7c6c5ae984d83804e34c84d40b812d55123383d88",
+    "cascade_consensus.json": "15b313f0f1eb0e916189d4db3169ba19fbecf546c0058851a625cf0547a7ca16",
 }
 
 # Suffixes of files in assets/models that some loader reads; documentation (.md, .card.json) is not loaded.

@@ -27,27 +27,32 @@ from rich.progress import Progress
 
 from roadminer.imaging.views import validator_view
 from roadminer.models.classifier import build_model
-from roadminer.training.copy_paste import ObjectBank
+from roadminer.training.copy_paste import ObjectBank, paste_bottom_strip
 from roadminer.training.data import Sample, balanced_weights
 from roadminer.training.recipe import RecipeBank, RecipeFit
 from roadminer.training.train import resolve_device, warmup_cosine
 
-ROLES = ("plain", "paste", "eval")
+ROLES = ("plain", "paste", "eval", "strip")  # appended only: a role's index seeds its views
 _G: dict[str, Any] = {}
 
 
-def _init(samples: Sequence[Sample], banks: dict[str, ObjectBank]) -> None:
-    """Render-process initialiser: the samples and cut-out banks, one torch thread per process."""
-    _G["samples"], _G["banks"] = samples, banks
+_NO_STRIPS: tuple[np.ndarray, tuple[float, float]] = (np.zeros(0, dtype=np.int64), (0.0, 0.0))
+
+
+def _init(samples: Sequence[Sample], banks: dict[str, ObjectBank],
+          strips: tuple[np.ndarray, tuple[float, float]] = _NO_STRIPS) -> None:
+    """Render-process initialiser: the samples, cut-out banks and strip donors, one torch thread per process."""
+    _G["samples"], _G["banks"], _G["strips"] = samples, banks, strips
     torch.set_num_threads(1)
 
 
-def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[np.ndarray, int, int, int]:
-    """One view: ``(uint8 224x224x3, label, level, aux)``; aux = index of the cut-out source for pastes."""
+def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[np.ndarray, int, int, int, int]:
+    """One view: ``(uint8 224x224x3, label, level, aux, donor)``; aux = index of the cut-out source for
+    pastes, donor = the image whose bottom strip a strip view carries (-1: none)."""
     i, k, seed, level_p, real_flip_share, role = task
     s = _G["samples"][i]
     img = s.read_pil()
-    label, aux = s.label, -1
+    label, aux, donor = s.label, -1, -1
     if role == "eval":  # the fixed evaluation view of image i at level k (training/train.eval_view's rule)
         view = validator_view(img, k, np.random.default_rng([seed, i, k]), real_flips=False)
         level = k
@@ -58,22 +63,27 @@ def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[
             names = sorted(_G["banks"])
             aux = int(rng.integers(len(names)))
             img, label = _G["banks"][names[aux]].paste(img, rng), 1
+        elif role == "strip":  # a vehicle-camera positive's bottom strip (bonnet) on a negative: still negative
+            donors, (lo, hi) = _G["strips"]
+            donor = int(donors[rng.integers(len(donors))])
+            img = paste_bottom_strip(img, _G["samples"][donor].read_pil(), float(rng.uniform(lo, hi)))
         real = bool(rng.random() < real_flip_share)
         view = validator_view(img, level, rng, real_flips=real, hflip=not real)
     arr = np.asarray(view.convert("RGB"), dtype=np.uint8)
     if arr.shape != (224, 224, 3):
         raise ValueError(f"validator view of {s.name} has shape {arr.shape}")
-    return arr, label, level, aux
+    return arr, label, level, aux, donor
 
 
 def _render_all(
-    samples: Sequence[Sample], tasks: list[Any], banks: dict[str, ObjectBank], workers: int, what: str
+    samples: Sequence[Sample], tasks: list[Any], banks: dict[str, ObjectBank], workers: int, what: str,
+    strips: tuple[np.ndarray, tuple[float, float]] = _NO_STRIPS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    out: list[tuple[np.ndarray, int, int, int]] = []
+    out: list[tuple[np.ndarray, int, int, int, int]] = []
     with Progress(disable=len(tasks) < 64) as bar:
         job = bar.add_task(f"render {what}", total=len(tasks))
         if workers <= 1:  # in this process: share the globals, leave its torch threads alone
-            _G["samples"], _G["banks"] = samples, banks
+            _G["samples"], _G["banks"], _G["strips"] = samples, banks, strips
             try:
                 for t in tasks:
                     out.append(_render(t))
@@ -81,18 +91,18 @@ def _render_all(
             finally:
                 _G.clear()
         else:
-            with get_context("fork").Pool(workers, initializer=_init, initargs=(samples, banks)) as pool:
+            with get_context("fork").Pool(workers, initializer=_init, initargs=(samples, banks, strips)) as pool:
                 for r in pool.imap(_render, tasks, chunksize=32):
                     out.append(r)
                     bar.advance(job)
     views = np.stack([r[0] for r in out])
-    meta = np.array([(t[0], r[1], r[2], r[3]) for t, r in zip(tasks, out, strict=True)], dtype=np.int64)
+    meta = np.array([(t[0], *r[1:]) for t, r in zip(tasks, out, strict=True)], dtype=np.int64)
     return views, meta
 
 
 @dataclass
 class ViewBank:
-    """Training rows (``views[M,224,224,3]`` uint8 and ``meta[M] = (image, label, level, aux)``) and the fixed
+    """Training rows (``views[M,224,224,3]`` uint8 and ``meta[M] = (image, label, level, aux, donor)``) and the fixed
     evaluation views of every image at levels 0-3 (``eval_views[4*N]``, level-major)."""
 
     samples: list[Sample]
@@ -135,6 +145,9 @@ def render_bank(
     banks = {src: ObjectBank.from_samples([s for s in samples if s.source == src]) for src in paste_sources}
     banks = {k: v for k, v in banks.items() if len(v)}
     paste_sources = sorted(banks)
+    donors = np.array([j for j, s in enumerate(samples) if s.label == 1 and s.source in cfg.strip_sources],
+                      dtype=np.int64)
+    strips = (donors, (float(cfg.strip_height[0]), float(cfg.strip_height[1])))
     k_img = views_per_image(samples, cfg, source_power)
     tasks: list[Any] = []
     roles: list[str] = []
@@ -148,8 +161,12 @@ def render_bank(
             for k in range(max(2, int(k_img[i] * cfg.paste_frac))):
                 tasks.append((i, k, cfg.seed, lp, cfg.real_flip_share, "paste"))
                 roles.append("paste")
+        if s.label == 0 and len(strips[0]) and cfg.strip_frac > 0:
+            for k in range(max(1, int(k_img[i] * cfg.strip_frac))):
+                tasks.append((i, k, cfg.seed, lp_neg, cfg.real_flip_share, "strip"))
+                roles.append("strip")
     t0 = time.time()
-    views, meta = _render_all(samples, tasks, banks, workers, "training views")
+    views, meta = _render_all(samples, tasks, banks, workers, "training views", strips)
     eval_views = render_eval_views(samples, eval_seed, workers)
     logger.info("view bank: {} training rows + {} evaluation views in {:.1f}s ({} cut-outs from {})",
                 len(views), len(eval_views), time.time() - t0, sum(len(b) for b in banks.values()), paste_sources)
@@ -160,7 +177,8 @@ def render_bank(
 def row_weights(bank: ViewBank, train: np.ndarray, cfg: RecipeFit, held_sources: set[str]) -> np.ndarray:
     """Sampling weight of every bank row for a fit on the images in ``train``: each image's balanced weight
     (``source_power``, ``source_mult``) split between its plain views and, for negatives, ``paste_p`` to
-    its copy-paste views; rows of held-out images or with cut-outs from a held-out source get 0."""
+    its copy-paste views and ``strip_p`` to its strip views; rows of held-out images, with cut-outs from a
+    held-out source or with a held-out image's bottom strip get 0."""
     samples = bank.samples
     idx = np.flatnonzero(train)
     sw = np.zeros(bank.n)
@@ -172,24 +190,25 @@ def row_weights(bank: ViewBank, train: np.ndarray, cfg: RecipeFit, held_sources:
             m = (labels == lab) & train
             if sw[m].sum() > 0:
                 sw[m] *= 0.5 / sw[m].sum()
-    img, aux = bank.meta[:, 0], bank.meta[:, 3]
+    img, aux, donor = bank.meta[:, 0], bank.meta[:, 3], bank.meta[:, 4]
     ok = train[img].copy()
     held_aux = [k for k, src in enumerate(bank.paste_sources) if src in held_sources]
     ok &= ~np.isin(aux, held_aux)
+    ok &= (donor < 0) | train[np.maximum(donor, 0)]  # a strip from a held-out image is held out too
     w = np.zeros(len(bank.meta))
     negative = np.array([s.label == 0 for s in samples])
-    has_paste = np.zeros(bank.n, dtype=bool)
-    paste_rows = ok & (bank.roles == "paste")
-    has_paste[img[paste_rows]] = True
-    for role in ("plain", "paste"):
+    extra = {"paste": cfg.paste_p, "strip": cfg.strip_p}  # shares of a negative's weight off its plain views
+    plain_share = np.ones(bank.n)
+    for role, p in extra.items():
+        has = np.zeros(bank.n, dtype=bool)
+        has[img[ok & (bank.roles == role)]] = True
+        plain_share -= np.where(negative & has, p, 0.0)
+    for role in ("plain", "paste", "strip"):
         rows = ok & (bank.roles == role)
         if not rows.any():
             continue
         count = np.bincount(img[rows], minlength=bank.n)
-        if role == "plain":
-            share = np.where(negative & has_paste, 1.0 - cfg.paste_p, 1.0)
-        else:
-            share = np.full(bank.n, cfg.paste_p)
+        share = plain_share if role == "plain" else np.full(bank.n, extra[role])
         r = np.flatnonzero(rows)
         w[r] = sw[img[r]] * share[img[r]] / count[img[r]]
     if w.sum() <= 0:

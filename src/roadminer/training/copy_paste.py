@@ -119,3 +119,15 @@ class ObjectBank:
             mask = _object_mask(np.asarray(piece), _feather_mask(tw, th))
             out.paste(Image.fromarray(arr), (x0, y0), mask)
         return out
+
+
+def paste_bottom_strip(img: Image.Image, donor: Image.Image, frac: float) -> Image.Image:
+    """``img`` with its bottom ``frac`` of height replaced by the bottom ``frac`` of ``donor``, stretched to
+    ``img``'s width: a vehicle camera's own bonnet and dashboard edge, carried onto another scene."""
+    out = img.convert("RGB").copy()
+    w, h = out.size
+    dw, dh = donor.size
+    sh, dsh = max(1, round(h * frac)), max(1, round(dh * frac))
+    strip = donor.convert("RGB").crop((0, dh - dsh, dw, dh)).resize((w, sh), Image.BILINEAR)
+    out.paste(strip, (0, h - sh))
+    return out

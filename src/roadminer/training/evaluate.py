@@ -133,3 +133,49 @@ def regression_sample(samples: Sequence[Sample], per_cell: int = 6) -> list[Samp
         ranked = sorted(cells[key], key=lambda s: hashlib.sha256(s.name.encode()).hexdigest())
         out.extend(ranked[:per_cell])
     return out
+
+
+def strip_probe(
+    router: Any,
+    negatives: Sequence[Sample],
+    donors: Sequence[Sample],
+    height: float = 0.12,
+    levels: Sequence[int] = (0, 3),
+    seed: int = 5,
+) -> dict[str, Any]:
+    """The bonnet probe: does the cascade call a negative road work because of its bottom strip? Scores each
+    negative as it is and with the bottom ``height`` of a donor frame (``donors`` in turn: e.g. windshield
+    frames, bonnet and dashboard edge) pasted in, on the same validator views (``seed``). A cascade that uses
+    the picture and not the camera answers both alike. Returns the false-positive rate per level, overall
+    and per source, for both, and how many negatives the strip alone turned into road work."""
+    import dataclasses
+    import io
+
+    from roadminer.training.copy_paste import paste_bottom_strip
+
+    if not negatives or not donors:
+        raise ValueError("the probe needs negatives and donor frames")
+    if any(s.label != 0 for s in negatives):
+        raise ValueError("the probe's negatives must all be labelled no_roadwork")
+    strips = [d.read_pil() for d in donors]
+
+    def pasted(i: int, s: Sample) -> Sample:
+        buf = io.BytesIO()
+        paste_bottom_strip(s.read_pil(), strips[i % len(strips)], height).save(buf, "PNG")
+        return dataclasses.replace(s, path=None, data=buf.getvalue(), meta={**s.meta, "name": s.name})
+
+    variants = {"as_is": list(negatives), "with_strip": [pasted(i, s) for i, s in enumerate(negatives)]}
+    src = np.array([s.source for s in negatives])
+    out: dict[str, Any] = {"n": len(negatives), "levels": list(levels), "height": height, "seed": seed,
+                           "donors": sorted({d.source for d in donors})}
+    flagged: dict[str, np.ndarray] = {}
+    for name, ss in variants.items():
+        probs = evaluate_router(router, ss, levels, seed=seed, progress=False)["probs"]
+        flagged[name] = to_label(probs) == 1
+        out[name] = {
+            "fpr": _f(float(flagged[name].mean())),
+            "per_level": {str(lv): _f(float(flagged[name][k].mean())) for k, lv in enumerate(levels)},
+            "per_source": {s: _f(float(flagged[name][:, src == s].mean())) for s in sorted(set(src.tolist()))},
+        }
+    out["turned_by_strip"] = _f(float((flagged["with_strip"] & ~flagged["as_is"]).mean()))
+    return out

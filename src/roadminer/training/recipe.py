@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -38,6 +38,12 @@ class RecipeBank(_Strict):
     # distortions mostly make negatives look like road work; docs/model_card.md). None: ``level_p`` for all.
     level_p_negative: list[float] | None = None
     paste_frac: float = 0.4  # copy-paste views rendered per negative image, as a share of its K
+    # Strip views: a negative with the bottom strip (bonnet, dashboard edge) of a positive frame from one of
+    # these sources pasted in, still a negative: the shipped models had learnt "windshield bonnet -> road
+    # work" (docs/model_card.md, bonnet probe). strip_frac: strip views per negative as a share of its K.
+    strip_sources: list[str] = Field(default_factory=list)
+    strip_frac: float = 0.0
+    strip_height: tuple[float, float] = (0.05, 0.15)  # strip height range, share of the image height
     real_flip_share: float = 0.25
 
     @field_validator("level_p", "level_p_negative")
@@ -45,6 +51,13 @@ class RecipeBank(_Strict):
     def _levels(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and (len(v) != 4 or abs(sum(v) - 1.0) > 1e-6 or min(v) < 0):
             raise ValueError("a level mix needs four non-negative shares (levels 0-3) that sum to 1")
+        return v
+
+    @field_validator("strip_height")
+    @classmethod
+    def _strip(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 0.5:
+            raise ValueError("strip_height needs 0 < low <= high <= 0.5 (shares of the image height)")
         return v
 
 
@@ -61,7 +74,14 @@ class RecipeFit(_Strict):
     source_power: float = 0.5
     source_mult: dict[str, float] = Field(default_factory=dict)
     paste_p: float = 0.3  # share of a negative image's draws that are copy-paste positives
+    strip_p: float = 0.0  # share of a negative image's draws that are strip views (bank.strip_sources)
     consistency: float = 0.0  # weight of a flip-consistency loss (0 = off)
+
+    @model_validator(mode="after")
+    def _shares(self) -> RecipeFit:
+        if min(self.paste_p, self.strip_p) < 0 or self.paste_p + self.strip_p >= 1:
+            raise ValueError("paste_p and strip_p are shares of a negative's draws: each >= 0, together < 1")
+        return self
 
 
 class TrainRecipe(_Strict):

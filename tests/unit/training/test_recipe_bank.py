@@ -126,3 +126,44 @@ def test_negatives_can_have_their_own_level_mix(tiny: Path) -> None:
     assert RecipeBank().level_p_negative is None
     with pytest.raises(ValueError, match="level mix"):
         RecipeBank(level_p_negative=[0.5, 0.5, 0.5, 0])
+
+
+def test_paste_bottom_strip_replaces_only_the_bottom() -> None:
+    from PIL import Image
+
+    from roadminer.training.copy_paste import paste_bottom_strip
+
+    scene = Image.new("RGB", (120, 80), (0, 0, 255))
+    donor = Image.new("RGB", (300, 100), (0, 255, 0))
+    donor.paste((255, 0, 0), (0, 80, 300, 100))  # the donor's bottom 20%: its "bonnet"
+    out = np.asarray(paste_bottom_strip(scene, donor, 0.2))
+    assert out.shape == (80, 120, 3)
+    assert (out[:64] == (0, 0, 255)).all()  # the scene above the strip is untouched
+    assert (out[65:] == (255, 0, 0)).all()  # the strip is the donor's bottom, stretched to the width
+
+
+def test_strip_views_are_negatives_with_a_positive_frames_bottom_strip(tiny: Path) -> None:
+    """``strip_sources``: negatives carry the bottom strip of a positive frame of those sources and stay
+    negatives; the plain rows are the same pixels as without strips; a fold never trains on a strip cut from
+    one of its held-out images."""
+    samples = load_image_folder(tiny)
+    cpu = torch.device("cpu")
+    cfg = SMALL.model_copy(update={"strip_sources": ["wzcity"], "strip_frac": 1.0})
+    bank = render_bank(samples, cfg, workers=2, device=cpu)
+    base = render_bank(samples, SMALL, workers=2, device=cpu)
+    strip = bank.roles == "strip"
+    assert strip.sum() > 0 and "strip" not in set(base.roles.tolist())
+    assert set(bank.meta[strip, 1].tolist()) == {0}
+    donors = bank.meta[strip, 4]
+    assert all(samples[d].source == "wzcity" and samples[d].label == 1 for d in donors.tolist())
+    assert (bank.meta[~strip, 4] == -1).all()
+    assert torch.equal(bank.views[~strip], base.views) and np.array_equal(bank.meta[~strip], base.meta)
+    fit = RecipeFit(paste_p=0.3, strip_p=0.2)
+    for _name, held in folds_for(samples, "group:wzcity"):
+        w = row_weights(bank, ~held, fit, set())
+        from_held = strip & held[np.maximum(bank.meta[:, 4], 0)]
+        assert from_held.any() and w[from_held].sum() == 0
+        assert w[strip & ~from_held].sum() > 0 and abs(w.sum() - 1) < 1e-9
+    w_all = row_weights(bank, np.ones(len(samples), dtype=bool), fit, set())
+    of_negatives = np.array([samples[i].label == 0 for i in bank.meta[:, 0].tolist()])  # plain, paste, strip
+    assert w_all[strip].sum() / w_all[of_negatives].sum() == pytest.approx(0.2)
