@@ -263,7 +263,7 @@ class CascadeConfig(Section):
     engine: Literal["auto", "torch", "onnx", "fast"] = "auto"
     # Decision threshold on the calibrated probability (validator rounds: 0.5 -> "no roadwork").
     # Identity by default: the fitted consensus (stacking) is the calibration. For Lite0 alone, stage 0 of
-    # cascade_consensus.json is its calibration (temperature 1/0.471, bias 0.124; docs/model_card.md).
+    # cascade_consensus.json is its calibration (temperature 1/0.377, bias 0.089; docs/model_card.md).
     threshold: float = 0.5
     temperature: float = 1.0
     bias: float = 0.0
