@@ -184,6 +184,8 @@ def register(app: typer.Typer) -> None:
 
         if not 0 < height <= 0.5:
             raise typer.BadParameter("--height is a share of the image height: 0 < h <= 0.5", param_hint="--height")
+        if max_per_source < 1:
+            raise typer.BadParameter("--max-per-source needs at least 1", param_hint="--max-per-source")
         lv = parse_levels(levels)
         settings = load_settings(config, parse_sets(sets))
         try:

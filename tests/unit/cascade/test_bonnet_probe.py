@@ -42,7 +42,8 @@ def test_bonnet_probe_reports_both_halves_on_the_same_views(tiny: Path, tmp_path
 @pytest.mark.parametrize(
     ("args", "says"),
     [(["--donor", "nosuch"], "no frames of source"), (["--height", "0.9"], "--height"),
-     (["--source", "pranav"], "no unseen negatives")],
+     (["--source", "pranav"], "no unseen negatives"), (["--max-per-source", "-1"], "--max-per-source"),
+     (["--levels", "0,9"], "level")],
 )
 def test_bonnet_probe_refuses_what_it_cannot_measure(tiny: Path, args: list[str], says: str) -> None:
     r = CliRunner().invoke(app, ["bonnet-probe", "--images", str(tiny), *args])
