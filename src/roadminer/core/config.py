@@ -165,6 +165,12 @@ class LearningConfig(Section):
     )
     mcc_tolerance: float = 0.0  # candidate MCC may not drop by more than this
     brier_tolerance: float = 0.0  # nor Brier rise by more than this
+    # The bonnet probe in the gate (docs/model_card.md): frames (e.g. windshield video) whose bottom strip is
+    # pasted onto the held-out negatives; a candidate fails when the strip alone turns more of its answers into
+    # road work than the served model's, plus bonnet_tolerance. None: no probe.
+    bonnet_donors: str | None = None
+    bonnet_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    bonnet_height: float = Field(0.12, gt=0.0, le=0.5)
     min_queue: int = 20  # labelled hard examples needed before the loop trains
     eval_levels: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
     reload_poll_s: float = 5.0  # the miner checks the registry's current version this often

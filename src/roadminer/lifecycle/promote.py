@@ -1,5 +1,6 @@
 """Promotion gate: a candidate replaces the served version only if, on the same held-out views, MCC does
-not drop and the Brier score holds or improves. Both sides see identical images (same seed), so the
+not drop and the Brier score holds or improves, and (with ``learning.bonnet_donors``) a pasted bonnet strip
+does not turn more of its answers into road work. Both sides see identical images (same seed), so the
 comparison is paired."""
 
 from __future__ import annotations
@@ -93,6 +94,37 @@ def gate(
     return ok, reasons
 
 
+def bonnet_gate(candidate: float, current: float, tolerance: float = 0.02) -> tuple[bool, str]:
+    """(passes, reason) of the bonnet probe: the share of answers a pasted bonnet strip alone turned into
+    road work may not rise by more than ``tolerance``."""
+    if candidate > current + tolerance:
+        return False, f"bonnet probe: strip turns {current:.4f} -> {candidate:.4f} of answers"
+    return True, f"bonnet probe {current:.4f} -> {candidate:.4f}"
+
+
+def evaluate_bonnet(
+    settings: Any,
+    registry: ModelRegistry,
+    negatives: Sequence[Any],
+    donors: Sequence[Any],
+    levels: Sequence[int],
+    seed: int = 0,
+    overrides: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``training.evaluate.strip_probe`` of the cascade as served (plus ``overrides``)."""
+    from roadminer.lifecycle.registry import build_router
+    from roadminer.training.evaluate import strip_probe
+
+    router = build_router(settings, registry, overrides, warmup=False)
+    try:
+        res = strip_probe(router, negatives, donors, settings.learning.bonnet_height, levels, seed)
+    finally:
+        if hasattr(router, "close"):
+            router.close()
+    return {"turned_by_strip": res["turned_by_strip"], "fpr": res["as_is"]["fpr"],
+            "fpr_with_strip": res["with_strip"]["fpr"], "n": res["n"]}
+
+
 def evaluate_cascade(
     settings: Any,
     registry: ModelRegistry,
@@ -150,6 +182,24 @@ def promote(
     cur_m = evaluate_cascade(settings, registry, samples, levels, seed)
     cand_m = evaluate_cascade(settings, registry, samples, levels, seed, overrides={card.tier: candidate})
     ok, reasons = gate(cand_m, cur_m, settings.learning.mcc_tolerance, settings.learning.brier_tolerance)
+    bonnet: dict[str, Any] = {}
+    if settings.learning.bonnet_donors:
+        from roadminer.training.data import load_dataset
+
+        negatives = [s for s in samples if s.label == 0]
+        if negatives:
+            donors = load_dataset(settings.learning.bonnet_donors)
+            bonnet = {
+                "current": evaluate_bonnet(settings, registry, negatives, donors, levels, seed),
+                "candidate": evaluate_bonnet(settings, registry, negatives, donors, levels, seed,
+                                             overrides={card.tier: candidate}),
+            }
+            ok_b, why = bonnet_gate(bonnet["candidate"]["turned_by_strip"], bonnet["current"]["turned_by_strip"],
+                                    settings.learning.bonnet_tolerance)
+            ok = ok and ok_b
+            reasons.append(why)
+        else:
+            reasons.append("bonnet probe skipped: the held-out set has no negatives")
     if force and not ok:
         reasons.append("forced")
     result = PromotionResult(
@@ -162,8 +212,12 @@ def promote(
         cur_m,
     )
     card.metrics = {**card.metrics, "held_out": cand_m, "held_out_baseline": cur_m, "held_out_levels": levels}
+    if bonnet:
+        card.metrics["bonnet_probe"] = bonnet
     registry.update_card(card)
     gate_doc = {"candidate": cand_m, "current": cur_m, "levels": levels, "n": len(samples)}
+    if bonnet:
+        gate_doc["bonnet_probe"] = bonnet
     if dry_run:
         logger.info(
             "promotion dry run for {}: {} ({})", candidate, "pass" if ok else "fail", "; ".join(reasons)

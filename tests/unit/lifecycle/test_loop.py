@@ -16,7 +16,7 @@ from roadminer.imaging.scenes import draw_scene, scene_rng, write_scene_folder
 from roadminer.imaging.views import validator_view
 from roadminer.lifecycle.distill import distill
 from roadminer.lifecycle.loop import LearningLoop, parse_every
-from roadminer.lifecycle.promote import gate, promote
+from roadminer.lifecycle.promote import bonnet_gate, gate, promote
 from roadminer.lifecycle.registry import ModelRegistry, RegistryError, build_router
 from roadminer.models.base import ImageBatch
 from roadminer.state.backends.memory import MemoryStore
@@ -131,6 +131,9 @@ def test_gate_rules() -> None:
     assert gate({"mcc": 0.79, "brier": 0.05}, {"mcc": 0.8, "brier": 0.1}, mcc_tolerance=0.02)[0]
     assert not gate({"mcc": 0.9, "brier": 0.11}, {"mcc": 0.8, "brier": 0.1})[0]
     assert not gate({"mcc": None, "brier": 0.1}, {"mcc": 0.8, "brier": 0.1})[0]
+    assert bonnet_gate(0.05, 0.04)[0] and bonnet_gate(0.06, 0.04, tolerance=0.02)[0]
+    ok, why = bonnet_gate(0.2, 0.03)
+    assert not ok and "0.0300 -> 0.2000" in why
     assert parse_every("6h") == 21600 and parse_every("90") == 90
     with pytest.raises(ValueError):
         parse_every("soon")
@@ -191,3 +194,33 @@ def test_promote_models_learn_cli(tmp_path: Path) -> None:
     res = runner.invoke(app, ["learn", "--once", "--config", str(cfg)])  # empty queue: skips, logs why
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["skipped"]
+
+
+async def test_promotion_runs_the_bonnet_probe_when_donors_are_set(tmp_path: Path, shared_data: Path) -> None:
+    """``learning.bonnet_donors``: both the served model and the candidate are probed on the held-out negatives
+    with real windshield frames' bottom strips; the figures land in the card and the gate's reasons."""
+    import csv
+    import shutil
+
+    donors = tmp_path / "donors"
+    (donors / "roadwork").mkdir(parents=True)
+    rows = [r for r in csv.DictReader((shared_data / "manifest.csv").open()) if r["source"] == "wzcity"][:4]
+    for r in rows:
+        shutil.copy(shared_data / r["file"], donors / "roadwork" / Path(r["file"]).name)
+    settings = _settings(tmp_path, bonnet_donors=str(donors))
+    registry = ModelRegistry(settings.learning.models_dir)
+    card = registry.register("colour", "colour", {"colour_cue.json": _fitted_colour(tmp_path)})
+    res = promote(settings, registry, card.version, levels=[0])
+    line = next(r for r in res.reasons if r.startswith("bonnet probe"))
+    probe = registry.get(card.version).metrics["bonnet_probe"]
+    n_neg = sum(1 for p in (tmp_path / "held_out" / "no_roadwork").iterdir())
+    for side in ("current", "candidate"):
+        assert probe[side]["n"] == n_neg and 0 <= probe[side]["turned_by_strip"] <= probe[side]["fpr_with_strip"] <= 1
+    assert f"{probe['candidate']['turned_by_strip']:.4f}" in line
+    ok = probe["candidate"]["turned_by_strip"] <= probe["current"]["turned_by_strip"] + 0.02
+    assert ("strip turns" not in line) == ok
+    missing = _settings(tmp_path, bonnet_donors=str(tmp_path / "nowhere"))
+    other = registry.register("colour", "colour", {"colour_cue.json": tmp_path / "fit_model" / "colour_cue.json"})
+    with pytest.raises(ValueError, match="nowhere"):
+        promote(missing, registry, other.version, levels=[0])
+    assert registry.get(other.version).status == "candidate"  # a refused probe decides nothing
