@@ -5,16 +5,17 @@ comparison is paired."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 
 from roadminer.lifecycle.registry import ModelRegistry, RegistryError
 
 SUMMARY_KEYS = ("n", "mcc", "accuracy", "auc", "brier", "ece")
+T = TypeVar("T")
 
 
 def note_model_event(settings: Any, version: str, event: str, **info: Any) -> bool:
@@ -102,6 +103,20 @@ def bonnet_gate(candidate: float, current: float, tolerance: float = 0.02) -> tu
     return True, f"bonnet probe {current:.4f} -> {candidate:.4f}"
 
 
+def _on_served_cascade(
+    settings: Any, registry: ModelRegistry, overrides: dict[str, str] | None, run: Callable[[Any], T]
+) -> T:
+    """``run(router)`` on the cascade as served (plus ``overrides``), closing the router afterwards."""
+    from roadminer.lifecycle.registry import build_router
+
+    router = build_router(settings, registry, overrides, warmup=False)
+    try:
+        return run(router)
+    finally:
+        if hasattr(router, "close"):
+            router.close()
+
+
 def evaluate_bonnet(
     settings: Any,
     registry: ModelRegistry,
@@ -112,15 +127,10 @@ def evaluate_bonnet(
     overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``training.evaluate.strip_probe`` of the cascade as served (plus ``overrides``)."""
-    from roadminer.lifecycle.registry import build_router
     from roadminer.training.evaluate import strip_probe
 
-    router = build_router(settings, registry, overrides, warmup=False)
-    try:
-        res = strip_probe(router, negatives, donors, settings.learning.bonnet_height, levels, seed)
-    finally:
-        if hasattr(router, "close"):
-            router.close()
+    res = _on_served_cascade(settings, registry, overrides, lambda router: strip_probe(
+        router, negatives, donors, settings.learning.bonnet_height, levels, seed))
     return {"turned_by_strip": res["turned_by_strip"], "fpr": res["as_is"]["fpr"],
             "fpr_with_strip": res["with_strip"]["fpr"], "n": res["n"]}
 
@@ -134,15 +144,10 @@ def evaluate_cascade(
     overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the cascade as served (plus ``overrides``) on validator-parity views of ``samples``."""
-    from roadminer.lifecycle.registry import build_router
     from roadminer.training.evaluate import evaluate_router
 
-    router = build_router(settings, registry, overrides, warmup=False)
-    try:
-        res = evaluate_router(router, list(samples), levels=list(levels), seed=seed, progress=False)
-    finally:
-        if hasattr(router, "close"):
-            router.close()
+    res = _on_served_cascade(settings, registry, overrides, lambda router: evaluate_router(
+        router, list(samples), levels=list(levels), seed=seed, progress=False))
     out = {k: res.get(k) for k in SUMMARY_KEYS}
     out["per_level"] = {
         lv: {k: m.get(k) for k in ("mcc", "brier")} for lv, m in res.get("per_level", {}).items()
