@@ -41,11 +41,17 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
+def orange_mask(hsv: np.ndarray) -> np.ndarray:
+    """Saturated work-zone orange (cones, drums, vests) in an HSV uint8/int16 image (PIL's HSV scale)."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    return (h >= 3) & (h <= 22) & (s >= 140) & (v >= 110)
+
+
 def colour_features(rgb: np.ndarray) -> np.ndarray:
     """Five log-share features of one HxWx3 uint8 image."""
     hsv = _hsv(rgb)
     h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    orange = (h >= 3) & (h <= 22) & (s >= 140) & (v >= 110)
+    orange = orange_mask(hsv)
     red = ((h < 3) | (h > 245)) & (s >= 120) & (v >= 90)
     white = (s < 40) & (v > 180)
     yellow = (h > 25) & (h <= 45) & (s >= 120) & (v >= 120)

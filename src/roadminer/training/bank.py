@@ -27,7 +27,7 @@ from rich.progress import Progress
 
 from roadminer.imaging.views import validator_view
 from roadminer.models.classifier import build_model
-from roadminer.training.copy_paste import ObjectBank, paste_bottom_strip
+from roadminer.training.copy_paste import ObjectBank, bottom_strip_orange, paste_bottom_strip
 from roadminer.training.data import Sample, balanced_weights
 from roadminer.training.recipe import RecipeBank, RecipeFit
 from roadminer.training.train import resolve_device, warmup_cosine
@@ -36,11 +36,13 @@ ROLES = ("plain", "paste", "eval", "strip")  # appended only: a role's index see
 _G: dict[str, Any] = {}
 
 
-_NO_STRIPS: tuple[np.ndarray, tuple[float, float]] = (np.zeros(0, dtype=np.int64), (0.0, 0.0))
+# Strip donors: (image indices, (lowest, highest) strip height, largest orange share of a usable strip or None).
+Strips = tuple[np.ndarray, tuple[float, float], float | None]
+_NO_STRIPS: Strips = (np.zeros(0, dtype=np.int64), (0.0, 0.0), None)
 
 
 def _init(samples: Sequence[Sample], banks: dict[str, ObjectBank],
-          strips: tuple[np.ndarray, tuple[float, float]] = _NO_STRIPS) -> None:
+          strips: Strips = _NO_STRIPS) -> None:
     """Render-process initialiser: the samples, cut-out banks and strip donors, one torch thread per process."""
     _G["samples"], _G["banks"], _G["strips"] = samples, banks, strips
     torch.set_num_threads(1)
@@ -64,9 +66,8 @@ def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[
             aux = int(rng.integers(len(names)))
             img, label = _G["banks"][names[aux]].paste(img, rng), 1
         elif role == "strip":  # a vehicle-camera positive's bottom strip (bonnet) on a negative: still negative
-            donors, (lo, hi) = _G["strips"]
-            donor = int(donors[rng.integers(len(donors))])
-            img = paste_bottom_strip(img, _G["samples"][donor].read_pil(), float(rng.uniform(lo, hi)))
+            donor, frac = _draw_strip(rng)
+            img = paste_bottom_strip(img, _G["samples"][donor].read_pil(), frac)
         real = bool(rng.random() < real_flip_share)
         view = validator_view(img, level, rng, real_flips=real, hflip=not real)
     arr = np.asarray(view.convert("RGB"), dtype=np.uint8)
@@ -75,9 +76,26 @@ def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[
     return arr, label, level, aux, donor
 
 
+def _draw_strip(rng: np.random.Generator, tries: int = 16) -> tuple[int, float]:
+    """(donor image, strip height) of one strip view. With a largest orange share set, a strip showing work-zone
+    orange (a cone at the bumper) is drawn again, up to ``tries`` times, keeping the least orange one seen."""
+    donors, (lo, hi), max_orange = _G["strips"]
+    donor, frac = int(donors[rng.integers(len(donors))]), float(rng.uniform(lo, hi))
+    if max_orange is None:
+        return donor, frac
+    best = (np.inf, donor, frac)
+    for _ in range(tries):
+        share = bottom_strip_orange(_G["samples"][donor].read_pil(), frac)
+        if share <= max_orange:
+            return donor, frac
+        best = min(best, (share, donor, frac))
+        donor, frac = int(donors[rng.integers(len(donors))]), float(rng.uniform(lo, hi))
+    return best[1], best[2]
+
+
 def _render_all(
     samples: Sequence[Sample], tasks: list[Any], banks: dict[str, ObjectBank], workers: int, what: str,
-    strips: tuple[np.ndarray, tuple[float, float]] = _NO_STRIPS,
+    strips: Strips = _NO_STRIPS,
 ) -> tuple[np.ndarray, np.ndarray]:
     out: list[tuple[np.ndarray, int, int, int, int]] = []
     with Progress(disable=len(tasks) < 64) as bar:
@@ -147,7 +165,7 @@ def render_bank(
     paste_sources = sorted(banks)
     donors = np.array([j for j, s in enumerate(samples) if s.label == 1 and s.source in cfg.strip_sources],
                       dtype=np.int64)
-    strips = (donors, (float(cfg.strip_height[0]), float(cfg.strip_height[1])))
+    strips: Strips = (donors, (float(cfg.strip_height[0]), float(cfg.strip_height[1])), cfg.strip_max_orange)
     k_img = views_per_image(samples, cfg, source_power)
     tasks: list[Any] = []
     roles: list[str] = []

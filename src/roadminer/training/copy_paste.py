@@ -131,3 +131,13 @@ def paste_bottom_strip(img: Image.Image, donor: Image.Image, frac: float) -> Ima
     strip = donor.convert("RGB").crop((0, dh - dsh, dw, dh)).resize((w, sh), Image.BILINEAR)
     out.paste(strip, (0, h - sh))
     return out
+
+
+def bottom_strip_orange(donor: Image.Image, frac: float) -> float:
+    """Share of work-zone orange pixels (``models.colour.orange_mask``) in the bottom ``frac`` of ``donor``: a
+    strip that shows a cone is no bonnet-only negative."""
+    from roadminer.models.colour import orange_mask
+
+    w, h = donor.size
+    strip = donor.convert("RGB").crop((0, h - max(1, round(h * frac)), w, h))
+    return float(orange_mask(np.asarray(strip.convert("HSV"), dtype=np.int16)).mean())

@@ -44,6 +44,9 @@ class RecipeBank(_Strict):
     strip_sources: list[str] = Field(default_factory=list)
     strip_frac: float = 0.0
     strip_height: tuple[float, float] = (0.05, 0.15)  # strip height range, share of the image height
+    # Largest share of work-zone orange pixels in a usable strip (a cone at the bumper makes a road-work strip,
+    # not a bonnet): a third of the wzcity frames' bottom 15% show some; None = any strip (the shipped recipes).
+    strip_max_orange: float | None = Field(None, ge=0.0, le=1.0)
     real_flip_share: float = 0.25
 
     @field_validator("level_p", "level_p_negative")

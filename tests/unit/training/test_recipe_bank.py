@@ -167,3 +167,34 @@ def test_strip_views_are_negatives_with_a_positive_frames_bottom_strip(tiny: Pat
     w_all = row_weights(bank, np.ones(len(samples), dtype=bool), fit, set())
     of_negatives = np.array([samples[i].label == 0 for i in bank.meta[:, 0].tolist()])  # plain, paste, strip
     assert w_all[strip].sum() / w_all[of_negatives].sum() == pytest.approx(0.2)
+
+
+def test_strip_orange_filter_never_keeps_a_more_orange_strip(tiny: Path) -> None:
+    """``strip_max_orange``: a strip showing work-zone orange is drawn again (least orange kept); None keeps the
+    first draw, so recipes without it render the pixels they always did."""
+    from PIL import Image
+
+    from roadminer.training import bank as bank_mod
+    from roadminer.training.copy_paste import bottom_strip_orange
+
+    cone = Image.new("RGB", (100, 100), (128, 128, 128))
+    cone.paste((255, 110, 0), (0, 90, 100, 100))  # saturated orange in the bottom tenth
+    assert bottom_strip_orange(cone, 0.1) == 1.0 and bottom_strip_orange(cone, 0.5) == pytest.approx(0.2)
+    samples = load_image_folder(tiny)
+    donors = np.array([j for j, s in enumerate(samples) if s.source == "wzcity" and s.label == 1])
+    bank_mod._G["samples"] = samples
+    pairs = []
+    try:
+        for seed in range(12):
+            bank_mod._G["strips"] = (donors, (0.04, 0.3), None)
+            first = bank_mod._draw_strip(np.random.default_rng(seed))
+            bank_mod._G["strips"] = (donors, (0.04, 0.3), 0.0)
+            picked = bank_mod._draw_strip(np.random.default_rng(seed))
+            pairs.append((bottom_strip_orange(samples[first[0]].read_pil(), first[1]),
+                          bottom_strip_orange(samples[picked[0]].read_pil(), picked[1])))
+    finally:
+        bank_mod._G.clear()
+    assert all(after <= before for before, after in pairs)
+    assert any(after < before for before, after in pairs)  # some first draws showed orange and were replaced
+    with pytest.raises(ValueError):
+        RecipeBank(strip_max_orange=1.5)
