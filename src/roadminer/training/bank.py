@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from loguru import logger
+from PIL import Image
 from rich.progress import Progress
 
 from roadminer.imaging.views import validator_view
 from roadminer.models.classifier import build_model
-from roadminer.training.copy_paste import ObjectBank, bottom_strip_orange, paste_bottom_strip
+from roadminer.training.copy_paste import ObjectBank, bottom_strip, orange_share, paste_strip
 from roadminer.training.data import Sample, balanced_weights
 from roadminer.training.recipe import RecipeBank, RecipeFit
 from roadminer.training.train import resolve_device, warmup_cosine
@@ -66,8 +67,8 @@ def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[
             aux = int(rng.integers(len(names)))
             img, label = _G["banks"][names[aux]].paste(img, rng), 1
         elif role == "strip":  # a vehicle-camera positive's bottom strip (bonnet) on a negative: still negative
-            donor, frac = _draw_strip(rng)
-            img = paste_bottom_strip(img, _G["samples"][donor].read_pil(), frac)
+            donor, frac, strip = _draw_strip(rng)
+            img = paste_strip(img, strip, frac)
         real = bool(rng.random() < real_flip_share)
         view = validator_view(img, level, rng, real_flips=real, hflip=not real)
     arr = np.asarray(view.convert("RGB"), dtype=np.uint8)
@@ -76,21 +77,28 @@ def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[
     return arr, label, level, aux, donor
 
 
-def _draw_strip(rng: np.random.Generator, tries: int = 16) -> tuple[int, float]:
-    """(donor image, strip height) of one strip view. With a largest orange share set, a strip showing work-zone
-    orange (a cone at the bumper) is drawn again, up to ``tries`` times, keeping the least orange one seen."""
+def _draw_strip(rng: np.random.Generator, tries: int = 16) -> tuple[int, float, Image.Image]:
+    """(donor image, strip height, the strip itself) of one strip view; each donor is read once per draw. With a
+    largest orange share set, a strip showing work-zone orange (a cone at the bumper) is drawn again, up to
+    ``tries`` times, keeping the least orange one seen."""
     donors, (lo, hi), max_orange = _G["strips"]
-    donor, frac = int(donors[rng.integers(len(donors))]), float(rng.uniform(lo, hi))
-    if max_orange is None:
-        return donor, frac
-    best = (np.inf, donor, frac)
-    for _ in range(tries):
-        share = bottom_strip_orange(_G["samples"][donor].read_pil(), frac)
-        if share <= max_orange:
-            return donor, frac
-        best = min(best, (share, donor, frac))
+
+    def draw() -> tuple[int, float, Image.Image]:
         donor, frac = int(donors[rng.integers(len(donors))]), float(rng.uniform(lo, hi))
-    return best[1], best[2]
+        return donor, frac, bottom_strip(_G["samples"][donor].read_pil(), frac)
+
+    first = pick = draw()
+    if max_orange is None:
+        return first
+    best_key: tuple[float, int, float] = (np.inf, first[0], first[1])
+    for _ in range(tries):
+        share = orange_share(pick[2])
+        if share <= max_orange:
+            return pick
+        if (share, pick[0], pick[1]) < best_key:  # the least orange; ties to the lower donor, then height
+            best_key, first = (share, pick[0], pick[1]), pick
+        pick = draw()
+    return first
 
 
 def _render_all(

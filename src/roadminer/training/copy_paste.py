@@ -121,23 +121,35 @@ class ObjectBank:
         return out
 
 
-def paste_bottom_strip(img: Image.Image, donor: Image.Image, frac: float) -> Image.Image:
-    """``img`` with its bottom ``frac`` of height replaced by the bottom ``frac`` of ``donor``, stretched to
-    ``img``'s width: a vehicle camera's own bonnet and dashboard edge, carried onto another scene."""
+def bottom_strip(img: Image.Image, frac: float) -> Image.Image:
+    """The bottom ``frac`` of ``img``'s height (at least one row), RGB: a vehicle camera's bonnet and dashboard edge."""
+    w, h = img.size
+    return img.convert("RGB").crop((0, h - max(1, round(h * frac)), w, h))
+
+
+def paste_strip(img: Image.Image, strip: Image.Image, frac: float) -> Image.Image:
+    """``img`` with its bottom ``frac`` of height replaced by ``strip``, stretched to ``img``'s width."""
     out = img.convert("RGB").copy()
     w, h = out.size
-    dw, dh = donor.size
-    sh, dsh = max(1, round(h * frac)), max(1, round(dh * frac))
-    strip = donor.convert("RGB").crop((0, dh - dsh, dw, dh)).resize((w, sh), Image.BILINEAR)
-    out.paste(strip, (0, h - sh))
+    sh = max(1, round(h * frac))
+    out.paste(strip.resize((w, sh), Image.BILINEAR), (0, h - sh))
     return out
 
 
-def bottom_strip_orange(donor: Image.Image, frac: float) -> float:
-    """Share of work-zone orange pixels (``models.colour.orange_mask``) in the bottom ``frac`` of ``donor``: a
-    strip that shows a cone is no bonnet-only negative."""
+def paste_bottom_strip(img: Image.Image, donor: Image.Image, frac: float) -> Image.Image:
+    """``img`` with its bottom ``frac`` of height replaced by the bottom ``frac`` of ``donor``, stretched to
+    ``img``'s width: a vehicle camera's own bonnet and dashboard edge, carried onto another scene."""
+    return paste_strip(img, bottom_strip(donor, frac), frac)
+
+
+def orange_share(img: Image.Image) -> float:
+    """Share of work-zone orange pixels (``models.colour.orange_mask``) in ``img``."""
     from roadminer.models.colour import orange_mask
 
-    w, h = donor.size
-    strip = donor.convert("RGB").crop((0, h - max(1, round(h * frac)), w, h))
-    return float(orange_mask(np.asarray(strip.convert("HSV"), dtype=np.int16)).mean())
+    return float(orange_mask(np.asarray(img.convert("HSV"), dtype=np.int16)).mean())
+
+
+def bottom_strip_orange(donor: Image.Image, frac: float) -> float:
+    """Share of work-zone orange pixels in the bottom ``frac`` of ``donor``: a strip that shows a cone is no
+    bonnet-only negative."""
+    return orange_share(bottom_strip(donor, frac))

@@ -151,17 +151,17 @@ def strip_probe(
     import dataclasses
     import io
 
-    from roadminer.training.copy_paste import paste_bottom_strip
+    from roadminer.training.copy_paste import bottom_strip, paste_strip
 
     if not negatives or not donors:
         raise ValueError("the probe needs negatives and donor frames")
     if any(s.label != 0 for s in negatives):
         raise ValueError("the probe's negatives must all be labelled no_roadwork")
-    strips = [d.read_pil() for d in donors]
+    strips = [bottom_strip(d.read_pil(), height) for d in donors]  # only the strips stay in memory
 
     def pasted(i: int, s: Sample) -> Sample:
         buf = io.BytesIO()
-        paste_bottom_strip(s.read_pil(), strips[i % len(strips)], height).save(buf, "PNG")
+        paste_strip(s.read_pil(), strips[i % len(strips)], height).save(buf, "PNG")
         return dataclasses.replace(s, path=None, data=buf.getvalue(), meta={**s.meta, "name": s.name})
 
     variants = {"as_is": list(negatives), "with_strip": [pasted(i, s) for i, s in enumerate(negatives)]}
