@@ -33,7 +33,7 @@ from roadminer.training.data import Sample, balanced_weights
 from roadminer.training.recipe import RecipeBank, RecipeFit
 from roadminer.training.train import resolve_device, warmup_cosine
 
-ROLES = ("plain", "paste", "eval", "strip")  # appended only: a role's index seeds its views
+ROLES = ("plain", "paste", "eval", "strip", "strip_pos")  # appended only: a role's index seeds its views
 _G: dict[str, Any] = {}
 
 
@@ -66,7 +66,7 @@ def _render(task: tuple[int, int, int, tuple[float, ...], float, str]) -> tuple[
             names = sorted(_G["banks"])
             aux = int(rng.integers(len(names)))
             img, label = _G["banks"][names[aux]].paste(img, rng), 1
-        elif role == "strip":  # a vehicle-camera positive's bottom strip (bonnet) on a negative: still negative
+        elif role in ("strip", "strip_pos"):  # a vehicle-camera positive's bottom strip (bonnet): label kept
             donor, frac, strip = _draw_strip(rng)
             img = paste_strip(img, strip, frac)
         real = bool(rng.random() < real_flip_share)
@@ -191,6 +191,10 @@ def render_bank(
             for k in range(max(1, int(k_img[i] * cfg.strip_frac))):
                 tasks.append((i, k, cfg.seed, lp_neg, cfg.real_flip_share, "strip"))
                 roles.append("strip")
+        if (s.label == 1 and s.source not in cfg.strip_sources and len(strips[0]) and cfg.strip_pos_frac > 0):
+            for k in range(max(1, int(k_img[i] * cfg.strip_pos_frac))):
+                tasks.append((i, k, cfg.seed, lp, cfg.real_flip_share, "strip_pos"))
+                roles.append("strip_pos")
     t0 = time.time()
     views, meta = _render_all(samples, tasks, banks, workers, "training views", strips)
     eval_views = render_eval_views(samples, eval_seed, workers)
@@ -203,8 +207,8 @@ def render_bank(
 def row_weights(bank: ViewBank, train: np.ndarray, cfg: RecipeFit, held_sources: set[str]) -> np.ndarray:
     """Sampling weight of every bank row for a fit on the images in ``train``: each image's balanced weight
     (``source_power``, ``source_mult``) split between its plain views and, for negatives, ``paste_p`` to
-    its copy-paste views and ``strip_p`` to its strip views; rows of held-out images, with cut-outs from a
-    held-out source or with a held-out image's bottom strip get 0."""
+    its copy-paste views and ``strip_p`` to its strip views, for positives ``strip_pos_p`` to theirs; rows of
+    held-out images, with cut-outs from a held-out source or with a held-out image's bottom strip get 0."""
     samples = bank.samples
     idx = np.flatnonzero(train)
     sw = np.zeros(bank.n)
@@ -223,13 +227,15 @@ def row_weights(bank: ViewBank, train: np.ndarray, cfg: RecipeFit, held_sources:
     ok &= (donor < 0) | train[np.maximum(donor, 0)]  # a strip from a held-out image is held out too
     w = np.zeros(len(bank.meta))
     negative = np.array([s.label == 0 for s in samples])
-    extra = {"paste": cfg.paste_p, "strip": cfg.strip_p}  # shares of a negative's weight off its plain views
+    # shares of an image's weight off its plain views (negatives: pastes, strips; positives: strips)
+    extra = {"paste": cfg.paste_p, "strip": cfg.strip_p, "strip_pos": cfg.strip_pos_p}
+    of = {"paste": negative, "strip": negative, "strip_pos": ~negative}
     plain_share = np.ones(bank.n)
     for role, p in extra.items():
         has = np.zeros(bank.n, dtype=bool)
         has[img[ok & (bank.roles == role)]] = True
-        plain_share -= np.where(negative & has, p, 0.0)
-    for role in ("plain", "paste", "strip"):
+        plain_share -= np.where(of[role] & has, p, 0.0)
+    for role in ("plain", *extra):
         rows = ok & (bank.roles == role)
         if not rows.any():
             continue

@@ -47,6 +47,10 @@ class RecipeBank(_Strict):
     # Largest share of work-zone orange pixels in a usable strip (a cone at the bumper makes a road-work strip,
     # not a bonnet): a third of the wzcity frames' bottom 15% show some; None = any strip (the shipped recipes).
     strip_max_orange: float | None = Field(None, ge=0.0, le=1.0)
+    # The same strips on positives of the other sources (web photos of cones, German car camera), still positive:
+    # a bonnet then comes with both labels and carries no evidence either way, where strips on negatives alone
+    # make it evidence against road work (and cost windshield positives recall). Views per positive, share of K.
+    strip_pos_frac: float = Field(0.0, ge=0.0)
     real_flip_share: float = 0.25
 
     @field_validator("level_p", "level_p_negative")
@@ -78,6 +82,7 @@ class RecipeFit(_Strict):
     source_mult: dict[str, float] = Field(default_factory=dict)
     paste_p: float = 0.3  # share of a negative image's draws that are copy-paste positives
     strip_p: float = 0.0  # share of a negative image's draws that are strip views (bank.strip_sources)
+    strip_pos_p: float = Field(0.0, ge=0.0, lt=1.0)  # share of a positive's draws that are strip views (strip_pos_frac)
     consistency: float = 0.0  # weight of a flip-consistency loss (0 = off)
 
     @model_validator(mode="after")

@@ -169,6 +169,34 @@ def test_strip_views_are_negatives_with_a_positive_frames_bottom_strip(tiny: Pat
     assert w_all[strip].sum() / w_all[of_negatives].sum() == pytest.approx(0.2)
 
 
+def test_positive_strip_views_keep_the_label_and_their_share(tiny: Path) -> None:
+    """``strip_pos_frac``: positives of the other sources carry a donor's bottom strip too and stay positive,
+    so a bonnet comes with both labels; donors' own frames get none; the negatives' rows are the pixels of the
+    recipe without them; ``strip_pos_p`` is their share of the positives' weight."""
+    samples = load_image_folder(tiny)
+    cpu = torch.device("cpu")
+    neg_only = SMALL.model_copy(update={"strip_sources": ["wzcity"], "strip_frac": 1.0})
+    both = neg_only.model_copy(update={"strip_pos_frac": 1.0})
+    bank = render_bank(samples, both, workers=2, device=cpu)
+    base = render_bank(samples, neg_only, workers=2, device=cpu)
+    pos = bank.roles == "strip_pos"
+    assert pos.sum() > 0 and "strip_pos" not in set(base.roles.tolist())
+    owners = [samples[i] for i in bank.meta[pos, 0].tolist()]
+    assert set(bank.meta[pos, 1].tolist()) == {1} and all(s.label == 1 and s.source != "wzcity" for s in owners)
+    assert all(samples[d].source == "wzcity" for d in bank.meta[pos, 4].tolist())
+    assert torch.equal(bank.views[~pos], base.views) and np.array_equal(bank.meta[~pos], base.meta)
+    fit = RecipeFit(paste_p=0.3, strip_p=0.2, strip_pos_p=0.25)
+    w = row_weights(bank, np.ones(len(samples), dtype=bool), fit, set())
+    owners_mask = np.zeros(len(samples), dtype=bool)
+    owners_mask[bank.meta[pos, 0]] = True
+    of_owners = owners_mask[bank.meta[:, 0]]
+    assert w[pos].sum() / w[of_owners].sum() == pytest.approx(0.25)
+    w0 = row_weights(bank, np.ones(len(samples), dtype=bool), RecipeFit(paste_p=0.3, strip_p=0.2), set())
+    assert w0[pos].sum() == 0
+    with pytest.raises(ValueError):
+        RecipeFit(strip_pos_p=1.0)
+
+
 def test_strip_orange_filter_never_keeps_a_more_orange_strip(tiny: Path) -> None:
     """``strip_max_orange``: a strip showing work-zone orange is drawn again (least orange kept); None keeps the
     first draw, so recipes without it render the pixels they always did."""
