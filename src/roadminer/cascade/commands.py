@@ -264,3 +264,40 @@ def register(app: typer.Typer) -> None:
         typer.echo(level_table(rep))
         typer.echo(json.dumps({"exit_confidence": params.exit_confidence, "exit_rate": rep["cascade"]["exit_rate"]}))
         typer.echo(f"wrote {out}")
+
+    @app.command("cascade-score")
+    def cascade_score(
+        images: Annotated[Path, typer.Option("--images", help="the dataset the CV files scored")],
+        tiers: Annotated[
+            list[str], typer.Option("--tier", help="NAME=CV.json of a grouped CV, in cascade order")
+        ],
+        consensus: Annotated[
+            Path | None, typer.Option("--consensus", help="a fitted consensus JSON (default: the shipped one)")
+        ] = None,
+        report: Annotated[Path | None, typer.Option("--report", help="full report JSON")] = None,
+    ) -> None:
+        """Replay a fitted consensus (stage 0, exits, stacking) on the out-of-fold answers of a grouped CV such as
+        ``train-recipe --cv group:wzcity``: per held-out group, pooled and per level, each tier raw and the cascade."""
+        from roadminer.cascade.consensus import ConsensusParams
+        from roadminer.cascade.stack import score_oof, score_table
+        from roadminer.core.cli_args import jsonable
+        from roadminer.core.config import ASSETS_DIR
+        from roadminer.training.data import DatasetError, load_dataset
+
+        consensus = consensus or ASSETS_DIR / "models" / "cascade_consensus.json"
+
+        pairs = []
+        for item in tiers:
+            if "=" not in item:
+                raise typer.BadParameter(f"--tier expects NAME=PATH, got {item!r}")
+            name, path = item.split("=", 1)
+            pairs.append((name.strip(), Path(path)))
+        try:
+            params = ConsensusParams.load(consensus)
+            rep = score_oof(load_dataset(images), pairs, params)
+        except (DatasetError, ValueError, KeyError, OSError) as e:
+            raise typer.BadParameter(str(e)) from None
+        if report is not None:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(jsonable(rep), indent=2) + "\n")
+        typer.echo(score_table(rep))

@@ -147,3 +147,64 @@ def level_table(report: dict[str, Any]) -> str:
         ex = report["cascade"]["exit_rate_per_level"][lv]
         lines.append(f"| {lv} | " + " | ".join(vals) + " | " + ", ".join(f"{k} {v:.2f}" for k, v in ex.items()) + " |")
     return "\n".join(lines)
+
+
+def score_oof(
+    samples: Sequence[Sample], tier_files: Sequence[tuple[str, str | Path]], params: ConsensusParams
+) -> dict[str, Any]:
+    """A fitted consensus replayed on out-of-fold predictions of a grouped CV (e.g. ``--cv group:wzcity``: train
+    on eleven cities, score the twelfth): per held-out group and pooled, each tier alone (its raw probability),
+    the consensus's first stage and the early-exit cascade, with exit rates. Only rows every tier held out count."""
+    from roadminer.cascade.fit import simulate
+
+    tiers = [t for t, _ in tier_files]
+    if params.tiers[: len(tiers)] != tiers or len(params.stages) != len(tiers):
+        raise ValueError(f"the consensus is fitted on tiers {params.tiers}, not {tiers}")
+    names = [s.name for s in samples]
+    loaded = [load_oof(path, names) for _, path in tier_files]
+    levels = loaded[0][1]
+    if any(lv != levels for _, lv in loaded):
+        raise ValueError("every tier's CV must score the same levels")
+    held = [np.isfinite(p).all(axis=0) for p, _ in loaded]
+    if any(not np.array_equal(h, held[0]) for h in held):
+        raise ValueError("the tiers' CV files hold out different images (run them with the same --cv)")
+    keep = np.flatnonzero(held[0])
+    if keep.size == 0:
+        raise ValueError("no image is held out in these CV files")
+    n_lv = len(levels)
+    probs = np.stack([p[:, keep].reshape(-1) for p, _ in loaded], axis=1)  # [L*K, T], level-major
+    sim = simulate(params, probs)
+    answers = {f"{t} (raw)": probs[:, k] for k, t in enumerate(tiers)}
+    answers[f"stage 0 ({tiers[0]})"] = params.stage_prob(0, probs[:, :1])
+    answers["cascade"] = sim.prob
+    y = np.tile([samples[i].label for i in keep], n_lv)
+    group = np.tile([samples[i].group for i in keep], n_lv)
+    lv = np.repeat(levels, keep.size)
+
+    def metrics(mask: np.ndarray) -> dict[str, Any]:
+        out = {name: binary_metrics(y[mask], p[mask]) for name, p in answers.items()}
+        return out | {"exit_rate": _exit_rates(sim.exit_index[mask], tiers)}
+
+    every = np.ones(len(y), dtype=bool)
+    return {
+        "tiers": tiers, "levels": levels, "images": int(keep.size), "columns": list(answers),
+        "per_group": {g: metrics(group == g) for g in sorted(set(group.tolist()))},
+        "pooled": metrics(every) | {"per_level": {str(v): metrics(lv == v) for v in levels}},
+    }
+
+
+def score_table(report: dict[str, Any]) -> str:
+    """Markdown: per held-out group (levels pooled), then pooled and per level, one column per answer."""
+    cols = report["columns"]
+
+    def cell(e: dict[str, Any]) -> str:  # recall of the positives, FPR of the negatives (MCC is in the JSON)
+        parts = [f"recall {e['recall']:.3f}"] if e.get("positives") else []
+        return " / ".join(parts + ([f"FPR {e['fpr']:.3f}"] if e.get("negatives") else []))
+
+    lines = ["| held out | n | " + " | ".join(cols) + " | cascade exit rates |", "|" + "---|" * (len(cols) + 3)]
+    rows = [*report["per_group"].items(), ("**pooled**", report["pooled"])]
+    rows += [(f"level {k}", v) for k, v in report["pooled"]["per_level"].items()]
+    for name, e in rows:
+        ex = ", ".join(f"{k} {v:.2f}" for k, v in e["exit_rate"].items())
+        lines.append(f"| {name} | {e[cols[0]]['n']} | " + " | ".join(cell(e[c]) for c in cols) + f" | {ex} |")
+    return "\n".join(lines)

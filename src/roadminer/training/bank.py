@@ -30,6 +30,7 @@ from roadminer.imaging.views import validator_view
 from roadminer.models.classifier import build_model
 from roadminer.training.copy_paste import ObjectBank, bottom_strip, orange_share, paste_strip
 from roadminer.training.data import Sample, balanced_weights
+from roadminer.training.mixstyle import mixstyle
 from roadminer.training.recipe import RecipeBank, RecipeFit
 from roadminer.training.train import resolve_device, warmup_cosine
 
@@ -274,6 +275,8 @@ def fit_bank(
     device = bank.views.device
     torch.manual_seed(cfg.seed)
     model, prep = build_model(cfg.arch, pretrained=True, dropout=cfg.dropout)
+    if cfg.input_size is not None:
+        prep["input_size"] = cfg.input_size
     model = model.to(device).to(memory_format=torch.channels_last)
     w = torch.as_tensor(row_weights(bank, train, cfg, set(held_sources)), dtype=torch.double)
     steps = math.ceil(cfg.draws / cfg.batch)
@@ -288,7 +291,7 @@ def fit_bank(
     losses: list[float] = []
     model.train()
     t0 = time.time()
-    with Progress(disable=not progress) as bar:
+    with Progress(disable=not progress) as bar, mixstyle(model, cfg.mixstyle, cfg.mixstyle_alpha):
         job = bar.add_task(f"fit {cfg.arch}", total=steps)
         for st in range(steps):
             b = draws[st].to(device)

@@ -84,6 +84,13 @@ class RecipeFit(_Strict):
     strip_p: float = 0.0  # share of a negative image's draws that are strip views (bank.strip_sources)
     strip_pos_p: float = Field(0.0, ge=0.0, lt=1.0)  # share of a positive's draws that are strip views (strip_pos_frac)
     consistency: float = 0.0  # weight of a flip-consistency loss (0 = off)
+    # The model's input side: the bank's 224 px views are upscaled to it in training and challenges in serving
+    # (None = the architecture's own size: 224 for Lite0, 260 for Lite2).
+    input_size: int | None = Field(None, ge=64, le=640)
+    # MixStyle (training/mixstyle.py): per batch and stage, the probability that early feature statistics are mixed
+    # between images (0 = off), and the Beta(alpha, alpha) of the mix.
+    mixstyle: float = Field(0.0, ge=0.0, le=1.0)
+    mixstyle_alpha: float = Field(0.1, gt=0.0)
 
     @model_validator(mode="after")
     def _shares(self) -> RecipeFit:

@@ -98,3 +98,74 @@ def test_default_cascade_builds_both_shipped_classifiers_with_the_fitted_consens
     assert set(res.exit_tier) <= {"classifier", "classifier2"} and not res.errors
     full = router.predict(ImageBatch(rgb=rgb, payloads=[b""] * 4, keys=[str(i) for i in range(4)]), early_exit=False)
     assert all(np.all(np.isfinite(full.tier_probs[n])) for n in ("classifier", "classifier2"))
+
+
+def _grouped_oof(tmp_path: Path) -> tuple[list[Sample], list[tuple[str, Path]], ConsensusParams]:
+    """Groups a (clear positives: leave at stage 0), b (doubtful for tier 0, tier 1 says no) and c (never held
+    out), 2 levels; the consensus: stage 0 = tier 0, exit at 0.8; stage 1 = tier 1 alone."""
+    from roadminer.cascade.consensus import Stage
+
+    samples = [Sample(label=1, path=Path(f"{g}{i}.jpg"), source="city", group=g) for g in "abc" for i in range(10)]
+    names = [s.name for s in samples]
+    grp = np.array([s.group for s in samples])
+    z0 = np.where(grp == "a", 3.0, 0.5)
+    z1 = np.where(grp == "a", 3.0, -2.0)
+    files = []
+    for t, z in (("first", z0), ("second", z1)):
+        zz = np.where(grp == "c", np.nan, z)
+        path = tmp_path / f"{t}.json"
+        path.write_text(json.dumps({"names": names, "levels": [0, 3],
+                                    "oof_logits": [[None if np.isnan(v) else v for v in zz]] * 2}))
+        files.append((t, path))
+    params = ConsensusParams(tiers=["first", "second"], stages=[Stage([1.0]), Stage([0.0, 1.0])],
+                             exit_confidence=[0.8, None], fitted=True)
+    return samples, files, params
+
+
+def test_score_oof_replays_the_consensus_on_held_out_groups_only(tmp_path: Path) -> None:
+    from roadminer.cascade.stack import score_oof, score_table
+
+    samples, files, params = _grouped_oof(tmp_path)
+    rep = score_oof(samples, files, params)
+    assert rep["images"] == 20 and set(rep["per_group"]) == {"a", "b"}  # group c was never held out
+    a, b = rep["per_group"]["a"], rep["per_group"]["b"]
+    assert a["cascade"]["recall"] == 1.0 and a["exit_rate"] == {"first": 1.0, "second": 0.0}
+    # b: tier 0 alone says yes (p 0.62), too doubtful to leave; tier 1 then says no
+    assert b["first (raw)"]["recall"] == 1.0 and b["stage 0 (first)"]["recall"] == 1.0
+    assert b["cascade"]["recall"] == 0.0 and b["exit_rate"] == {"first": 0.0, "second": 1.0}
+    assert rep["pooled"]["cascade"]["recall"] == 0.5 and rep["pooled"]["per_level"]["3"]["cascade"]["n"] == 20
+    assert "| **pooled** | 40 | recall 1.000 | recall 0.500 | recall 1.000 | recall 0.500 |" in score_table(rep)
+    with pytest.raises(ValueError, match="fitted on tiers"):
+        score_oof(samples, files[::-1], params)
+    other = json.loads(files[1][1].read_text())
+    other["oof_logits"][0][0] = None
+    files[1][1].write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="hold out different images"):
+        score_oof(samples, files, params)
+
+
+def test_cascade_score_command_on_the_shipped_consensus(shared_data: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from roadminer.cli import app
+    from roadminer.training.data import load_dataset
+    from testkit.data import tiny_copy
+
+    data = tiny_copy(shared_data, tmp_path / "tiny")
+    samples = load_dataset(data)
+    city = np.array([s.source == "wzcity" for s in samples])
+    y = np.array([s.label for s in samples])
+    for t, scale in (("a", 2.0), ("b", 1.0)):  # a grouped CV's layout: answers for the held-out cities only
+        z = np.where(city, (2 * y - 1) * scale, np.nan)
+        (tmp_path / f"{t}.json").write_text(json.dumps({"names": [s.name for s in samples], "levels": [0, 1, 2, 3],
+                                                        "oof_logits": [[None if np.isnan(v) else v for v in z]] * 4}))
+    run = CliRunner().invoke
+    r = run(app, ["cascade-score", "--images", str(data), "--tier", f"classifier={tmp_path / 'a.json'}",
+                  "--tier", f"classifier2={tmp_path / 'b.json'}", "--report", str(tmp_path / "rep.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert set(rep["per_group"]) == {s.group for s in samples if s.source == "wzcity"}
+    assert rep["pooled"]["cascade"]["recall"] == 1.0 and "| **pooled** |" in r.output
+    r = run(app, ["cascade-score", "--images", str(data), "--tier", f"first={tmp_path / 'a.json'}",
+                  "--tier", f"classifier2={tmp_path / 'b.json'}"])
+    assert r.exit_code == 2 and "fitted on tiers" in r.output, r.output

@@ -226,3 +226,55 @@ def test_strip_orange_filter_never_keeps_a_more_orange_strip(tiny: Path) -> None
     assert any(after < before for before, after in pairs)  # some first draws showed orange and were replaced
     with pytest.raises(ValueError):
         RecipeBank(strip_max_orange=1.5)
+
+
+def test_mixstyle_mixes_early_statistics_in_training_only() -> None:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from roadminer.training.mixstyle import mixstyle, stage_ends
+
+    torch.manual_seed(0)
+    body = EfficientNet.from_name("efficientnet-lite0", num_classes=1)
+    body._global_params = body._global_params._replace(drop_connect_rate=0.0)  # no other randomness in train mode
+    assert stage_ends(body._blocks) == [0, 2, 4, 7, 10, 14, 15]  # 7 stages: 16, 24, 40, 80, 112, 192, 320 wide
+    seen: list[torch.Tensor] = []
+    body._blocks[4].register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
+    x = torch.randn(6, 3, 64, 64) * torch.linspace(0.2, 3.0, 6).view(6, 1, 1, 1)  # six very different "styles"
+    body.eval()
+    with torch.no_grad():
+        ref = body(x)
+        with mixstyle(body, 1.0):
+            served = body(x)
+        assert torch.equal(served, ref)  # eval mode: served exactly as without it
+        body.train()
+        body(x)
+        with mixstyle(body, 1.0, alpha=0.1):
+            body(x)
+        plain_then_mixed = seen[-2], seen[-1]
+        same = x[:1].repeat(6, 1, 1, 1)
+        with mixstyle(body, 1.0):
+            body(same)
+        with_same = seen[-1]
+        body(same)  # the context is over: no hook left
+        without = seen[-1]
+    assert not torch.allclose(plain_then_mixed[0], plain_then_mixed[1], atol=1e-3)  # stage 2's output was re-styled
+    # six copies of one image share their statistics, so mixing them changes nothing
+    assert torch.allclose(with_same, without, atol=1e-4)
+
+
+def test_input_size_and_mixstyle_reach_the_saved_model(tiny: Path, tmp_path: Path) -> None:
+    from roadminer.models.classifier import save_classifier, to_tensor
+
+    samples = load_image_folder(tiny)
+    bank = render_bank(samples, SMALL, workers=2, device=torch.device("cpu"))
+    cfg = RecipeFit(batch=4, draws=8, input_size=256, mixstyle=0.5)
+    res = fit_bank(bank, np.ones(len(samples), dtype=bool), cfg, progress=False)
+    assert res.prep["input_size"] == 256 and all(np.isfinite(res.loss))
+    out = tmp_path / "m.safetensors"
+    save_classifier(res.model, out, cfg.arch, res.prep)
+    model, prep, _ = load_classifier(out)
+    assert prep["input_size"] == 256
+    x = to_tensor([np.zeros((224, 224, 3), np.uint8)], prep)  # a challenge is upscaled to the model's side
+    assert x.shape == (1, 3, 256, 256) and model(x).shape == (1,)
+    with pytest.raises(ValueError, match="input_size"):
+        RecipeFit(input_size=32)
