@@ -14,6 +14,17 @@ import typer
 DEFAULT_OUT = Path("artifacts/consensus.json")
 
 
+def _tier_files(items: list[str]) -> list[tuple[str, Path]]:
+    """``--tier NAME=PATH`` options as (name, path) pairs, in the order given."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--tier expects NAME=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        pairs.append((name.strip(), Path(path)))
+    return pairs
+
+
 def register(app: typer.Typer) -> None:
     @app.command("cascade-fit")
     def cascade_fit(
@@ -242,12 +253,7 @@ def register(app: typer.Typer) -> None:
         from roadminer.core.cli_args import jsonable, parse_sets
         from roadminer.training.data import DatasetError, load_dataset
 
-        pairs = []
-        for item in tiers:
-            if "=" not in item:
-                raise typer.BadParameter(f"--tier expects NAME=PATH, got {item!r}")
-            name, path = item.split("=", 1)
-            pairs.append((name.strip(), Path(path)))
+        pairs = _tier_files(tiers)
         costs = {k: float(v) for k, v in parse_sets(cost, "--cost").items()}
         tier_cost = [costs.get(n, 0.0) for n, _ in pairs] if costs else None
         try:
@@ -286,12 +292,7 @@ def register(app: typer.Typer) -> None:
 
         consensus = consensus or ASSETS_DIR / "models" / "cascade_consensus.json"
 
-        pairs = []
-        for item in tiers:
-            if "=" not in item:
-                raise typer.BadParameter(f"--tier expects NAME=PATH, got {item!r}")
-            name, path = item.split("=", 1)
-            pairs.append((name.strip(), Path(path)))
+        pairs = _tier_files(tiers)
         try:
             params = ConsensusParams.load(consensus)
             rep = score_oof(load_dataset(images), pairs, params)
