@@ -37,6 +37,17 @@ def load_oof(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, list[i
     return np.atleast_2d(probs), [int(x) for x in levels]
 
 
+def _load_tiers(
+    tier_files: Sequence[tuple[str, str | Path]], names: Sequence[str]
+) -> tuple[list[np.ndarray], list[int]]:
+    """Each tier's out-of-fold probabilities ``[levels, N]`` and the levels they all score."""
+    loaded = [load_oof(path, names) for _, path in tier_files]
+    levels = loaded[0][1]
+    if any(lv != levels for _, lv in loaded):
+        raise ValueError("every tier's CV must score the same levels")
+    return [p for p, _ in loaded], levels
+
+
 def _exit_rates(exit_index: np.ndarray, tiers: Sequence[str]) -> dict[str, float]:
     return {t: round(float(np.mean(exit_index == k)), 4) for k, t in enumerate(tiers)}
 
@@ -55,12 +66,9 @@ def stack_from_oof(
     tier and the early-exit cascade, each scored leave-one-source-out (per source, per level, exit rates)."""
     names = [s.name for s in samples]
     tiers = [t for t, _ in tier_files]
-    loaded = [load_oof(path, names) for _, path in tier_files]
-    levels = loaded[0][1]
-    if any(lv != levels for _, lv in loaded):
-        raise ValueError("every tier's CV must score the same levels")
+    loaded, levels = _load_tiers(tier_files, names)
     n_lv, n = len(levels), len(samples)
-    probs = np.stack([p.reshape(-1) for p, _ in loaded], axis=1)  # [L*N, T], level-major rows
+    probs = np.stack([p.reshape(-1) for p in loaded], axis=1)  # [L*N, T], level-major rows
     y = np.tile([s.label for s in samples], n_lv)
     src = np.tile([s.source for s in samples], n_lv)
     kw: dict[str, Any] = {"c": c, "class_weight": class_weight, "mcc_threshold": mcc_threshold,
@@ -160,19 +168,15 @@ def score_oof(
     tiers = [t for t, _ in tier_files]
     if params.tiers[: len(tiers)] != tiers or len(params.stages) != len(tiers):
         raise ValueError(f"the consensus is fitted on tiers {params.tiers}, not {tiers}")
-    names = [s.name for s in samples]
-    loaded = [load_oof(path, names) for _, path in tier_files]
-    levels = loaded[0][1]
-    if any(lv != levels for _, lv in loaded):
-        raise ValueError("every tier's CV must score the same levels")
-    held = [np.isfinite(p).all(axis=0) for p, _ in loaded]
+    loaded, levels = _load_tiers(tier_files, [s.name for s in samples])
+    held = [np.isfinite(p).all(axis=0) for p in loaded]
     if any(not np.array_equal(h, held[0]) for h in held):
         raise ValueError("the tiers' CV files hold out different images (run them with the same --cv)")
     keep = np.flatnonzero(held[0])
     if keep.size == 0:
         raise ValueError("no image is held out in these CV files")
     n_lv = len(levels)
-    probs = np.stack([p[:, keep].reshape(-1) for p, _ in loaded], axis=1)  # [L*K, T], level-major
+    probs = np.stack([p[:, keep].reshape(-1) for p in loaded], axis=1)  # [L*K, T], level-major
     sim = simulate(params, probs)
     answers = {f"{t} (raw)": probs[:, k] for k, t in enumerate(tiers)}
     answers[f"stage 0 ({tiers[0]})"] = params.stage_prob(0, probs[:, :1])

@@ -26,7 +26,7 @@ def stage_ends(blocks: nn.ModuleList) -> list[int]:
     return [i for i in range(len(widths)) if i == len(widths) - 1 or widths[i + 1] != widths[i]]
 
 
-def mix_statistics(x: torch.Tensor, alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def mix_statistics(x: torch.Tensor, alpha: float) -> torch.Tensor:
     """``x`` ``[B,C,H,W]`` with each image's channel mean/std mixed with those of a random other batch image."""
     b = x.shape[0]
     if b < 2:
@@ -35,7 +35,7 @@ def mix_statistics(x: torch.Tensor, alpha: float, generator: torch.Generator | N
     mu = xf.mean(dim=(2, 3), keepdim=True).detach()
     sig = (xf.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt().detach()
     lam = torch.distributions.Beta(alpha, alpha).sample((b, 1, 1, 1)).to(x.device)
-    perm = torch.randperm(b, generator=generator).to(x.device)
+    perm = torch.randperm(b).to(x.device)
     mu2 = lam * mu + (1 - lam) * mu[perm]
     sig2 = lam * sig + (1 - lam) * sig[perm]
     return ((xf - mu) / sig * sig2 + mu2).to(x.dtype)
@@ -43,7 +43,7 @@ def mix_statistics(x: torch.Tensor, alpha: float, generator: torch.Generator | N
 
 @contextmanager
 def mixstyle(model: nn.Module, p: float, alpha: float = 0.1, stages: tuple[int, ...] = STAGES) -> Iterator[None]:
-    """Apply MixStyle (with probability ``p`` per batch and stage) inside the block; only while ``model.training``."""
+    """Apply MixStyle (with probability ``p`` per batch and stage) inside the ``with``, in training mode only."""
     if p <= 0:
         yield
         return
