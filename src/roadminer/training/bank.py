@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -164,8 +165,15 @@ def render_bank(
     eval_seed: int = 1234,
     workers: int = 0,
     device: torch.device | None = None,
+    eval_samples: Sequence[Sample] | None = None,
 ) -> ViewBank:
+    """Training views of ``samples`` and their fixed evaluation views; ``eval_samples`` (the same images,
+    in the same order, from another copy: e.g. at full size, as validators render theirs) lends the pixels
+    of the evaluation views instead."""
     samples = list(samples)
+    if eval_samples is not None and [Path(s.name).stem for s in eval_samples] != [Path(s.name).stem
+                                                                                   for s in samples]:
+        raise ValueError("eval_samples must be the training images, in the same order (matched by file stem)")
     device = device or resolve_device("auto")
     workers = workers or (os.cpu_count() or 1)
     paste_sources = sorted({s.source for s in samples if s.label == 1 and s.has_boxes})
@@ -198,7 +206,7 @@ def render_bank(
                 roles.append("strip_pos")
     t0 = time.time()
     views, meta = _render_all(samples, tasks, banks, workers, "training views", strips)
-    eval_views = render_eval_views(samples, eval_seed, workers)
+    eval_views = render_eval_views(samples if eval_samples is None else list(eval_samples), eval_seed, workers)
     logger.info("view bank: {} training rows + {} evaluation views in {:.1f}s ({} cut-outs from {})",
                 len(views), len(eval_views), time.time() - t0, sum(len(b) for b in banks.values()), paste_sources)
     return ViewBank(samples, torch.from_numpy(views).to(device), meta, np.array(roles),
@@ -259,6 +267,27 @@ def _normalise(x: torch.Tensor, prep: dict[str, Any]) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
+class _WeightMean:
+    """Running uniform mean of a model's floating-point weights and buffers (BatchNorm statistics included);
+    integer buffers (BatchNorm's step counters) keep the last step's value."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.n = 0
+        self.mean = {k: torch.zeros_like(v) for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def add(self, model: torch.nn.Module) -> None:
+        self.n += 1
+        state = model.state_dict()
+        keys = list(self.mean)
+        torch._foreach_lerp_([self.mean[k] for k in keys], [state[k].detach() for k in keys], 1.0 / self.n)
+
+    @torch.no_grad()
+    def load_into(self, model: torch.nn.Module) -> None:
+        if self.n:
+            model.load_state_dict({**model.state_dict(), **self.mean})
+
+
 @dataclass
 class BankFit:
     model: torch.nn.Module
@@ -289,6 +318,8 @@ def fit_bank(
     sched = warmup_cosine(opt, cfg.warmup_frac, steps)
     amp = device.type == "cuda"
     losses: list[float] = []
+    average = _WeightMean(model) if cfg.average_from < 1.0 else None
+    first_avg = min(steps - 1, int(cfg.average_from * steps))
     model.train()
     t0 = time.time()
     with Progress(disable=not progress) as bar, mixstyle(model, cfg.mixstyle, cfg.mixstyle_alpha):
@@ -310,7 +341,11 @@ def fit_bank(
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            if average is not None and st >= first_avg:
+                average.add(model)
             bar.advance(job)
+    if average is not None:
+        average.load_into(model)
     if device.type == "cuda":
         torch.cuda.synchronize()
     model.eval()

@@ -91,6 +91,9 @@ class RecipeFit(_Strict):
     # between images (0 = off), and the Beta(alpha, alpha) of the mix.
     mixstyle: float = Field(0.0, ge=0.0, le=1.0)
     mixstyle_alpha: float = Field(0.1, gt=0.0)
+    # Weight averaging (SWA / SWAD-style): the fitted model is the uniform mean of the weights (and BatchNorm
+    # statistics) after every step from this fraction of the steps on; 1.0 = off, the last step's weights.
+    average_from: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _shares(self) -> RecipeFit:

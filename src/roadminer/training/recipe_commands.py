@@ -62,6 +62,11 @@ def register(app: typer.Typer) -> None:
             typer.Option("--init", help="detector recipes: starting weights (.safetensors, '' = none)"),
         ] = None,
         parallel: Annotated[int | None, typer.Option("--parallel", help="detector trainings at once")] = None,
+        eval_data: Annotated[
+            Path | None,
+            typer.Option("--eval-data", help="score the CV on views rendered from this copy of the same images "
+                         "(e.g. the full-size dataset, as validators render theirs); default: the training copy"),
+        ] = None,
     ) -> None:
         """Re-make a shipped model from a recipe file. A classifier: data copy, seeded view bank, CV folds,
         final fit, card. A detector (``detector:`` section): leave-one-source-out detectors on the same
@@ -81,6 +86,8 @@ def register(app: typer.Typer) -> None:
             unknown = [c for c in cv or [] if c != "source"]
             if unknown:
                 raise typer.BadParameter(f"detector recipes cross-validate by source only, not {unknown}")
+            if eval_data is not None:
+                raise typer.BadParameter("classifier recipes only", param_hint="--eval-data")
             try:
                 root = data if prepared else prepare_data(rec, data, out.parent)
                 summary = run_detector_recipe(
@@ -96,7 +103,7 @@ def register(app: typer.Typer) -> None:
             summary = run_recipe(
                 rec, data, out, cv=cv or [], report=report, prepared=prepared, device=device,
                 workers=workers if workers is not None else rec.workers, max_steps=max_steps, final=not no_final,
-                recipe_path=recipe,
+                recipe_path=recipe, eval_data=eval_data,
             )
         except (DatasetError, FileNotFoundError) as e:
             raise typer.BadParameter(str(e), param_hint="--data") from None

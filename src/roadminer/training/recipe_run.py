@@ -13,7 +13,7 @@ from loguru import logger
 
 from roadminer.models.classifier import save_classifier
 from roadminer.training.bank import cross_validate_bank, fit_bank, render_bank, resolve_device, summarize_rows
-from roadminer.training.data import export_downsized, load_image_folder, summarize
+from roadminer.training.data import DatasetError, Sample, export_downsized, load_image_folder, summarize
 from roadminer.training.evaluate import loso_report
 from roadminer.training.recipe import DetectorRecipe, TrainRecipe
 
@@ -32,6 +32,21 @@ def prepare_data(rec: TrainRecipe | DetectorRecipe, data: Path, work: Path) -> P
     return target
 
 
+def same_images(samples: list[Sample], other: Path) -> list[Sample]:
+    """The images of ``samples`` as another copy (``other``, e.g. the full-size dataset) holds them, in the
+    same order, matched by file stem; a clear error names what that copy lacks or labels otherwise."""
+    by_stem = {Path(s.name).stem: s for s in load_image_folder(other)}
+    missing = [s.name for s in samples if Path(s.name).stem not in by_stem]
+    if missing:
+        raise DatasetError(f"{other}: {len(missing)} of the {len(samples)} training images are not there "
+                           f"(first: {missing[0]})")
+    out = [by_stem[Path(s.name).stem] for s in samples]
+    differ = [s.name for s, o in zip(samples, out, strict=True) if (s.label, s.source) != (o.label, o.source)]
+    if differ:
+        raise DatasetError(f"{other}: {len(differ)} images have another label or source (first: {differ[0]})")
+    return out
+
+
 def run_recipe(
     rec: TrainRecipe,
     data: Path,
@@ -44,6 +59,7 @@ def run_recipe(
     max_steps: int | None = None,
     final: bool = True,
     recipe_path: Path | None = None,
+    eval_data: Path | None = None,
 ) -> dict[str, Any]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +67,10 @@ def run_recipe(
     samples = load_image_folder(root)
     dev = resolve_device(device)
     t0 = time.time()
-    bank = render_bank(samples, rec.bank, rec.fit.source_power, rec.eval_seed, workers, dev)
+    bank = render_bank(samples, rec.bank, rec.fit.source_power, rec.eval_seed, workers, dev,
+                       eval_samples=None if eval_data is None else same_images(samples, eval_data))
     summary: dict[str, Any] = {"recipe": rec.name, "images": len(samples), "counts": summarize(samples),
+                               "eval_data": None if eval_data is None else str(eval_data),
                                "bank_rows": summarize_rows(bank), "render_seconds": round(time.time() - t0, 1),
                                "device": str(dev), "cv": {}}
     names = [s.name for s in samples]

@@ -278,3 +278,82 @@ def test_input_size_and_mixstyle_reach_the_saved_model(tiny: Path, tmp_path: Pat
     assert x.shape == (1, 3, 256, 256) and model(x).shape == (1,)
     with pytest.raises(ValueError, match="input_size"):
         RecipeFit(input_size=32)
+
+
+def test_weight_mean_averages_weights_and_batchnorm_statistics() -> None:
+    from roadminer.training.bank import _WeightMean
+
+    def net(fill: float) -> torch.nn.Module:
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+        with torch.no_grad():
+            for t in [*m.parameters(), m[1].running_mean, m[1].running_var]:
+                t.fill_(fill)
+        m[1].num_batches_tracked.fill_(int(fill))
+        return m
+
+    mean = _WeightMean(net(0.0))
+    for fill in (1.0, 2.0, 6.0):
+        mean.add(net(fill))
+    out = net(5.0)
+    mean.load_into(out)
+    assert torch.allclose(out[0].weight, torch.full_like(out[0].weight, 3.0))
+    assert torch.allclose(out[1].running_var, torch.full((4,), 3.0))  # BatchNorm statistics averaged too
+    assert int(out[1].num_batches_tracked) == 5  # an integer counter keeps the model's own value
+
+
+def test_average_from_averages_the_last_steps_only(tiny: Path) -> None:
+    samples = load_image_folder(tiny)
+    bank = render_bank(samples, SMALL, workers=2, device=torch.device("cpu"))
+    train = np.ones(len(samples), dtype=bool)
+
+    def weights(steps: int, average_from: float) -> torch.Tensor:
+        cfg = RecipeFit(batch=4, draws=4 * steps, average_from=average_from)
+        return fit_bank(bank, train, cfg, progress=False).model.state_dict()["body._fc.weight"].clone()
+
+    # on two steps, averaging from half-way is the mean of the last step alone: the plain fit
+    assert torch.equal(weights(2, 0.5), weights(2, 1.0))
+    # on four steps it is the mean of steps 3 and 4, not the last step's weights
+    assert not torch.allclose(weights(4, 0.5), weights(4, 1.0))
+    with pytest.raises(ValueError, match="average_from"):
+        RecipeFit(average_from=0.0)
+
+
+def test_eval_views_can_come_from_another_copy_of_the_same_images(tiny: Path, tmp_path: Path) -> None:
+    """``--eval-data``: train on a small copy, score the folds on views rendered from the full-size photos (as
+    validators render theirs); the training views stay the copy's, and a copy that lacks images is refused."""
+    from roadminer.training.bank import render_eval_views
+    from roadminer.training.data import DatasetError, export_downsized
+    from roadminer.training.recipe_run import same_images
+
+    small = tmp_path / "small"
+    export_downsized(tiny, small, short_side=96, quality=60, fmt="WEBP")
+    copy = load_image_folder(small)
+    full = same_images(copy, tiny)
+    assert [Path(s.name).stem for s in full] == [Path(s.name).stem for s in copy]
+    assert {s.path.suffix for s in full} == {".jpg"} and {s.path.suffix for s in copy} == {".webp"}
+    cpu = torch.device("cpu")
+    own = render_bank(copy, SMALL, workers=2, device=cpu)
+    lent = render_bank(copy, SMALL, workers=2, device=cpu, eval_samples=full)
+    assert torch.equal(own.views, lent.views)  # training views: the copy's pixels either way
+    assert torch.equal(lent.eval_views, torch.from_numpy(render_eval_views(full, workers=2)))
+    assert not torch.equal(own.eval_views, lent.eval_views)  # 96 px copy vs full-size photos
+    with pytest.raises(ValueError, match="same order"):
+        render_bank(copy, SMALL, workers=2, device=cpu, eval_samples=full[::-1])
+    fewer = tmp_path / "fewer"
+    export_downsized(tiny, fewer, short_side=96, max_per_source={"tracon": 1})
+    with pytest.raises(DatasetError, match="training images are not there"):
+        same_images(copy, fewer)
+
+    raw = yaml.safe_load(RECIPES[0].read_text())
+    raw["bank"].update({"views_scale": 2, "kmin": 1, "kmax": 1})
+    raw["fit"].update({"batch": 4, "draws": 4})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    args = ["train-recipe", str(recipe), "--data", str(small), "--prepared", "--out", str(tmp_path / "m.safetensors"),
+            "--workers", "2", "--device", "cpu", "--cv", "group:wzcity", "--no-final", "--report", str(tmp_path / "cv")]
+    r = CliRunner().invoke(app, [*args, "--eval-data", str(tiny)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("{"):])["eval_data"] == str(tiny)
+    assert (tmp_path / "cv-group-wzcity.json").is_file()
+    r = CliRunner().invoke(app, [*args, "--eval-data", str(fewer)])
+    assert r.exit_code == 2 and "not there" in r.output, r.output
