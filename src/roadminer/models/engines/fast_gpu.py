@@ -550,7 +550,9 @@ def decode_into(raw: bytes, out: np.ndarray, size: int, policy: ImagePolicy) -> 
                 raise ImageDecodeError(f"image {w}x{h} exceeds limits ({policy.max_side} px side, "
                                        f"{policy.max_pixels} px)")
         try:
-            arr = decode_jpeg(torch.frombuffer(raw, dtype=torch.uint8), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+            # a writable copy of the JPEG bytes (tens of kB): torch warns on read-only buffers
+            buf = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            arr = decode_jpeg(buf, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
         except RuntimeError:
             arr = None
     if arr is None:
