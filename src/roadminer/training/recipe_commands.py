@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         final fit, card. A detector (``detector:`` section): leave-one-source-out detectors on the same
         evaluation views (``--cv source``), the shipped detector and its head, card."""
         from roadminer.training.recipe import DetectorRecipe, load_recipe
-        from roadminer.training.recipe_run import prepare_data, run_recipe
+        from roadminer.training.recipe_run import EvalCopyError, prepare_data, run_recipe
 
         try:
             rec = load_recipe(recipe)
@@ -106,5 +106,6 @@ def register(app: typer.Typer) -> None:
                 recipe_path=recipe, eval_data=eval_data,
             )
         except (DatasetError, FileNotFoundError) as e:
-            raise typer.BadParameter(str(e), param_hint="--data") from None
+            hint = "--eval-data" if isinstance(e, EvalCopyError) else "--data"
+            raise typer.BadParameter(str(e), param_hint=hint) from None
         typer.echo(json.dumps(summary, indent=1))

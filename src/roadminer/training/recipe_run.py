@@ -32,18 +32,22 @@ def prepare_data(rec: TrainRecipe | DetectorRecipe, data: Path, work: Path) -> P
     return target
 
 
+class EvalCopyError(DatasetError):
+    """The ``--eval-data`` copy does not hold the training images as they are labelled."""
+
+
 def same_images(samples: list[Sample], other: Path) -> list[Sample]:
     """The images of ``samples`` as another copy (``other``, e.g. the full-size dataset) holds them, in the
     same order, matched by file stem; a clear error names what that copy lacks or labels otherwise."""
     by_stem = {Path(s.name).stem: s for s in load_image_folder(other)}
     missing = [s.name for s in samples if Path(s.name).stem not in by_stem]
     if missing:
-        raise DatasetError(f"{other}: {len(missing)} of the {len(samples)} training images are not there "
+        raise EvalCopyError(f"{other}: {len(missing)} of the {len(samples)} training images are not there "
                            f"(first: {missing[0]})")
     out = [by_stem[Path(s.name).stem] for s in samples]
     differ = [s.name for s, o in zip(samples, out, strict=True) if (s.label, s.source) != (o.label, o.source)]
     if differ:
-        raise DatasetError(f"{other}: {len(differ)} images have another label or source (first: {differ[0]})")
+        raise EvalCopyError(f"{other}: {len(differ)} images have another label or source (first: {differ[0]})")
     return out
 
 

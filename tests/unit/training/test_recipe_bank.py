@@ -356,4 +356,4 @@ def test_eval_views_can_come_from_another_copy_of_the_same_images(tiny: Path, tm
     assert json.loads(r.output[r.output.index("{"):])["eval_data"] == str(tiny)
     assert (tmp_path / "cv-group-wzcity.json").is_file()
     r = CliRunner().invoke(app, [*args, "--eval-data", str(fewer)])
-    assert r.exit_code == 2 and "not there" in r.output, r.output
+    assert r.exit_code == 2 and "not there" in r.output and "--eval-data" in r.output, r.output
