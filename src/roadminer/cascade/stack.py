@@ -42,6 +42,11 @@ def _load_tiers(
 ) -> tuple[list[np.ndarray], list[int]]:
     """Each tier's out-of-fold probabilities ``[levels, N]`` and the levels they all score."""
     loaded = [load_oof(path, names) for _, path in tier_files]
+    views = {name: json.loads(Path(path).read_text()).get("eval_views_sha256") for name, path in tier_files}
+    if len({v for v in views.values() if v is not None}) > 1:
+        which = ", ".join(f"{n} {str(v)[:12]}" for n, v in views.items())
+        raise ValueError(f"the tiers' CVs were scored on different evaluation views (another --eval-data copy, "
+                         f"eval_seed or image library): {which}")
     levels = loaded[0][1]
     if any(lv != levels for _, lv in loaded):
         raise ValueError("every tier's CV must score the same levels")

@@ -169,3 +169,22 @@ def test_cascade_score_command_on_the_shipped_consensus(shared_data: Path, tmp_p
     r = run(app, ["cascade-score", "--images", str(data), "--tier", f"first={tmp_path / 'a.json'}",
                   "--tier", f"classifier2={tmp_path / 'b.json'}"])
     assert r.exit_code == 2 and "fitted on tiers" in r.output, r.output
+
+
+def test_tiers_scored_on_other_views_are_not_stacked(tmp_path: Path) -> None:
+    """CV files record a fingerprint of the evaluation views their rows were scored on (train-recipe writes
+    it); tiers whose fingerprints differ (e.g. one scored with --eval-data) are refused, unrecorded ones pass."""
+    samples = [Sample(label=i % 2, path=Path(f"img{i}.jpg"), source=f"s{i % 3}", group=f"g{i}") for i in range(60)]
+    names = [s.name for s in samples]
+    z = np.where(np.arange(60) % 2 == 1, 2.0, -2.0)[None] + np.random.default_rng(0).normal(0, 1, (1, 60))
+    for name, views in (("a", "1" * 64), ("b", "1" * 64), ("c", "2" * 64), ("d", None)):
+        rec = {"names": names, "levels": [0], "oof_logits": z.tolist()}
+        if views is not None:
+            rec["eval_views_sha256"] = views
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec))
+    params, _ = stack_from_oof(samples, [("a", tmp_path / "a.json"), ("b", tmp_path / "b.json")])
+    assert params.tiers == ["a", "b"]
+    stack_from_oof(samples, [("a", tmp_path / "a.json"), ("d", tmp_path / "d.json")])  # older file: no record
+    with pytest.raises(ValueError, match="different evaluation views") as e:
+        stack_from_oof(samples, [("a", tmp_path / "a.json"), ("c", tmp_path / "c.json")])
+    assert "a 111111111111" in str(e.value) and "c 222222222222" in str(e.value)

@@ -354,6 +354,16 @@ def test_eval_views_can_come_from_another_copy_of_the_same_images(tiny: Path, tm
     r = CliRunner().invoke(app, [*args, "--eval-data", str(tiny)])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output[r.output.index("{"):])["eval_data"] == str(tiny)
-    assert (tmp_path / "cv-group-wzcity.json").is_file()
+    lent_cv = json.loads((tmp_path / "cv-group-wzcity.json").read_text())
+    assert lent_cv["eval_data"] == str(tiny)
+    own_args = [*args[:-1], str(tmp_path / "own")]
+    assert CliRunner().invoke(app, own_args).exit_code == 0
+    own_cv = json.loads((tmp_path / "own-group-wzcity.json").read_text())
+    # the views differ, so their fingerprints do, and cascade-score refuses to replay the two as tiers
+    assert own_cv["eval_views_sha256"] != lent_cv["eval_views_sha256"] and own_cv["eval_data"] is None
+    r = CliRunner().invoke(app, ["cascade-score", "--images", str(small), "--tier",
+                                 f"classifier={tmp_path / 'own-group-wzcity.json'}", "--tier",
+                                 f"classifier2={tmp_path / 'cv-group-wzcity.json'}"])
+    assert r.exit_code == 2 and "different evaluation views" in r.output, r.output
     r = CliRunner().invoke(app, [*args, "--eval-data", str(fewer)])
     assert r.exit_code == 2 and "not there" in r.output and "--eval-data" in r.output, r.output
