@@ -26,7 +26,10 @@ from roadminer.training.evaluate import DASHCAM_SOURCES, loso_report
 
 def load_oof(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold probabilities ``[levels, N]`` from a CV JSON, rows aligned with ``names``."""
-    data = json.loads(Path(path).read_text())
+    return _oof_of(json.loads(Path(path).read_text()), path, names)
+
+
+def _oof_of(data: dict[str, Any], path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     if list(data["names"]) != list(names):
         raise ValueError(f"{path}: its images are not those of the dataset (same files, same order)")
     if "oof_probs" in data:
@@ -41,8 +44,9 @@ def _load_tiers(
     tier_files: Sequence[tuple[str, str | Path]], names: Sequence[str]
 ) -> tuple[list[np.ndarray], list[int]]:
     """Each tier's out-of-fold probabilities ``[levels, N]`` and the levels they all score."""
-    loaded = [load_oof(path, names) for _, path in tier_files]
-    views = {name: json.loads(Path(path).read_text()).get("eval_views_sha256") for name, path in tier_files}
+    files = [json.loads(Path(path).read_text()) for _, path in tier_files]
+    loaded = [_oof_of(data, path, names) for data, (_, path) in zip(files, tier_files, strict=True)]
+    views = {name: data.get("eval_views_sha256") for data, (name, _) in zip(files, tier_files, strict=True)}
     if len({v for v in views.values() if v is not None}) > 1:
         which = ", ".join(f"{n} {str(v)[:12]}" for n, v in views.items())
         raise ValueError(f"the tiers' CVs were scored on different evaluation views (another --eval-data copy, "

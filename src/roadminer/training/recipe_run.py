@@ -73,13 +73,15 @@ def run_recipe(
     t0 = time.time()
     bank = render_bank(samples, rec.bank, rec.fit.source_power, rec.eval_seed, workers, dev,
                        eval_samples=None if eval_data is None else same_images(samples, eval_data))
+    eval_copy = None if eval_data is None else str(eval_data)
     summary: dict[str, Any] = {"recipe": rec.name, "images": len(samples), "counts": summarize(samples),
-                               "eval_data": None if eval_data is None else str(eval_data),
+                               "eval_data": eval_copy,
                                "bank_rows": summarize_rows(bank), "render_seconds": round(time.time() - t0, 1),
                                "device": str(dev), "cv": {}}
     names = [s.name for s in samples]
     # What the out-of-fold rows were scored on: tiers are stacked only on the same views (cascade/stack.py).
-    views_sha = hashlib.sha256(np.ascontiguousarray(bank.eval_views.cpu().numpy()).data).hexdigest()
+    views_sha = (hashlib.sha256(np.ascontiguousarray(bank.eval_views.cpu().numpy()).data).hexdigest()
+                 if cv and report is not None else None)
     for by in cv:
         res = cross_validate_bank(bank, rec.fit, by, max_steps=max_steps)
         oof = res["oof_logits"]
@@ -95,7 +97,7 @@ def run_recipe(
             # The layout `roadminer cascade-stack --tier NAME=FILE` reads (NaN where never held out).
             path.write_text(json.dumps({"names": names, "levels": [0, 1, 2, 3], "recipe": rec.name, "by": by,
                                         "eval_views_sha256": views_sha,
-                                        "eval_data": None if eval_data is None else str(eval_data),
+                                        "eval_data": eval_copy,
                                         "oof_logits": np.where(np.isnan(oof), None, oof).tolist(),
                                         "report": rep}, default=float))
             logger.info("wrote {}", path)
